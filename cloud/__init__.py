@@ -1,0 +1,1 @@
+"""The citybrain control plane: catalog, blobs, API + console, jobs, flywheel, ingest, CLI."""

@@ -1,0 +1,1 @@
+"""Process-wide configuration and shared core pieces of the control plane."""

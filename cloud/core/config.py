@@ -1,0 +1,70 @@
+"""The one settings object of a cloud process (API, worker, ingest, CLI).
+
+Every field comes from an environment variable with the ``CITYBRAIN_`` prefix,
+e.g. ``CITYBRAIN_DATA_DIR``; see README "Configuration".
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYBRAIN_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("~/.citybrain"),
+        description="root of the catalog database, blobs, store and caches",
+    )
+    db_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/catalog.db. "
+        "postgresql://user@host/db selects PostgreSQL (psycopg 3)",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="job queue + live state")
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="broker for devices")
+    api_host: str = Field(default="127.0.0.1", description="address `citybrain serve` binds")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="port `citybrain serve` binds")
+    max_upload_mb: int = Field(default=512, gt=0, description="largest accepted upload body")
+    store_key_file: Path | None = Field(
+        default=None, description="ed25519 private key of the store; default <data_dir>/store/key"
+    )
+    bootstrap_token: str | None = Field(
+        default=None, description="if set, an admin API token created at start-up"
+    )
+    job_max_attempts: int = Field(default=3, ge=1, le=100, description="tries before dead-letter")
+    job_visibility_s: float = Field(
+        default=60.0, gt=0, description="a claimed job not heartbeated for this long is retried"
+    )
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            url = self.db_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings (read once from the environment)."""
+    return Settings()
