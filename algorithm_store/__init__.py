@@ -1,0 +1,119 @@
+"""The algorithm store: signed, versioned packages with engines per hardware
+target, channels and staged rollouts, served over HTTP (Range/ETag) and MQTT
+chunks.
+
+The manifest, its signing bytes, package verification and the archive format
+live in :mod:`edge_agent.protocol` (the wire contract); this package builds,
+signs, verifies, stores and serves packages.
+
+Exception tree::
+
+    StoreError                 (``kind`` says how to report it)
+    ├── PackageRejected        unsigned / wrongly signed, hash mismatch, unsafe path
+    │   ├── OnnxInvalid        fails onnx.checker or ONNX Runtime cannot load/run it
+    │   ├── ExternalDataEscapes  external-data location outside the package
+    │   └── GoldenMismatch     output on the golden input differs
+    ├── NotFound               unknown algorithm, version, channel, rollout, artifact
+    ├── VersionExists          versions are immutable
+    ├── DowngradeRefused       older version on a channel without explicit rollback
+    ├── RolloutConflict        a rollout already holds the channel
+    ├── InvalidTransition      rollout state change not in ALLOWED_TRANSITIONS
+    ├── KeyProblem             missing / unreadable key, or one that would be overwritten
+    └── EngineUnavailable      no TensorRT or GPU here (``algorithm_store.engines``)
+"""
+
+from __future__ import annotations
+
+from ._builder import BuiltPackage, build_package
+from ._errors import (
+    DowngradeRefused,
+    EngineUnavailable,
+    ExternalDataEscapes,
+    GoldenMismatch,
+    InvalidTransition,
+    KeyProblem,
+    NotFound,
+    OnnxInvalid,
+    PackageRejected,
+    RolloutConflict,
+    StoreError,
+    VersionExists,
+)
+from ._keys import (
+    keygen,
+    load_private_key,
+    load_public_key,
+    make_announcement,
+    public_key_path,
+    public_key_raw,
+    sign_announcement,
+    sign_manifest,
+)
+from ._rollout import (
+    ALLOWED_TRANSITIONS,
+    DeviceReport,
+    GroupProgress,
+    Rollout,
+    RolloutState,
+    Transition,
+)
+from ._store import AlgorithmStore, VersionInfo, verify_archive
+
+
+def make_router(*args, **kwargs):  # noqa: ANN002, ANN003
+    """FastAPI router of the store (see :func:`algorithm_store._http.make_router`).
+    Imported lazily so the store is usable without FastAPI installed."""
+    from ._http import make_router as _make_router
+
+    return _make_router(*args, **kwargs)
+
+
+def __getattr__(name: str):  # lazy: paho only when MQTT is used
+    if name in ("ChunkService", "MqttAnnouncer", "connect_mqtt"):
+        from . import _mqtt
+
+        return {
+            "ChunkService": _mqtt.ChunkService,
+            "MqttAnnouncer": _mqtt.MqttAnnouncer,
+            "connect_mqtt": _mqtt.connect,
+        }[name]
+    raise AttributeError(f"module 'algorithm_store' has no attribute {name!r}")
+
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "AlgorithmStore",
+    "BuiltPackage",
+    "ChunkService",
+    "DeviceReport",
+    "DowngradeRefused",
+    "EngineUnavailable",
+    "ExternalDataEscapes",
+    "GoldenMismatch",
+    "GroupProgress",
+    "InvalidTransition",
+    "KeyProblem",
+    "MqttAnnouncer",
+    "NotFound",
+    "OnnxInvalid",
+    "PackageRejected",
+    "Rollout",
+    "RolloutConflict",
+    "RolloutState",
+    "StoreError",
+    "Transition",
+    "VersionExists",
+    "VersionInfo",
+    "build_package",
+    "connect_mqtt",
+    "keygen",
+    "load_private_key",
+    "load_public_key",
+    "make_announcement",
+    "make_router",
+    "public_key_path",
+    "public_key_raw",
+    "sign_announcement",
+    "sign_manifest",
+    "verify_archive",
+]

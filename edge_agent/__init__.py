@@ -2,9 +2,69 @@
 
 Installable with ``pip install citybrain[edge]`` alone; imports no torch,
 fastapi, ray, sqlalchemy, redis, nor any other citybrain package.
-``edge_agent.protocol`` is the wire contract every side imports.
+``edge_agent.protocol`` is the wire contract every side imports (importing it
+does not load the agent: the names below are resolved lazily). The agent is
+:class:`Agent`, configured by :class:`AgentConfig` (built with ``load_config``).
+
+Exception tree (wire errors are ``edge_agent.protocol.ProtocolError``)::
+
+    EdgeError
+    ├── ConfigError
+    ├── Superseded
+    ├── FetchError
+    │   └── ArtifactMismatch
+    ├── CacheFull
+    ├── ModelLoadError
+    │   └── GoldenCheckFailed
+    └── SourceError
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "Agent": "edge_agent._agent",
+    "AgentConfig": "edge_agent._config",
+    "ArtifactMismatch": "edge_agent._errors",
+    "CacheFull": "edge_agent._errors",
+    "ConfigError": "edge_agent._errors",
+    "EdgeError": "edge_agent._errors",
+    "FetchError": "edge_agent._errors",
+    "Fleet": "edge_agent._fleet",
+    "GoldenCheckFailed": "edge_agent._errors",
+    "ModelLoadError": "edge_agent._errors",
+    "SourceError": "edge_agent._errors",
+    "Superseded": "edge_agent._errors",
+    "detect_hardware": "edge_agent._hardware",
+    "load_config": "edge_agent._config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "ArtifactMismatch",
+    "CacheFull",
+    "ConfigError",
+    "EdgeError",
+    "FetchError",
+    "Fleet",
+    "GoldenCheckFailed",
+    "ModelLoadError",
+    "SourceError",
+    "Superseded",
+    "__version__",
+    "detect_hardware",
+    "load_config",
+]

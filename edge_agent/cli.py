@@ -1,10 +1,17 @@
 """``citybrain-edge``: the device agent's command line (argparse only, so the
-edge extra stays small)."""
+edge extra stays small).
+
+    citybrain-edge run [--config FILE]   run the agent until SIGTERM/SIGINT
+    citybrain-edge hardware              print the detected hardware profile (JSON)
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +21,36 @@ def build_parser() -> argparse.ArgumentParser:
         "on camera streams, sends hard cases back.",
     )
     p.add_argument("--version", action="store_true", help="print the agent version and exit")
-    p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent. Settings come from --config (TOML or JSON), overridden by "
+        "CITYBRAIN_EDGE_* environment variables (nested with __).",
+    )
+    run.add_argument("--config", type=Path, default=None, help="TOML or JSON config file")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub.add_parser("hardware", help="print the detected hardware profile as JSON")
     return p
+
+
+def _run(config: Path | None, log_level: str) -> int:
+    from edge_agent._agent import Agent
+    from edge_agent._config import load_config
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = load_config(config)
+    agent = Agent(cfg)
+
+    def _term(signum: int, frame: object) -> None:
+        agent._stop.set()  # run_forever notices and stops cleanly
+
+    signal.signal(signal.SIGTERM, _term)
+    agent.run_forever()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    from edge_agent._errors import EdgeError
+    from edge_agent.protocol import ProtocolError
+
+    try:
+        if args.command == "hardware":
+            from edge_agent._hardware import detect_hardware
+
+            print(detect_hardware().model_dump_json(indent=2))
+            return 0
+        if args.command == "run":
+            return _run(args.config, args.log_level)
+    except (EdgeError, ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Exception tree::
     ProtocolError
     ├── SchemaVersionError    unknown or missing ``schema`` in a message
     ├── MessageInvalid        malformed JSON or a payload failing validation
+    ├── StaleMetadata         an announcement past ``expires_at`` or older than one seen
     └── PackageInvalid        a package that must not be trusted
         ├── SignatureInvalid  unsigned, wrong key, or bad signature
         ├── HashMismatch      a file whose sha256/size differs from the manifest
@@ -48,7 +49,7 @@ PREFIX = "cb/v1/"
 # ---------------------------------------------------------------------------
 
 
-class ProtocolError(Exception):
+class ProtocolError(ValueError):
     """Base of every wire-contract error."""
 
 
@@ -58,6 +59,11 @@ class SchemaVersionError(ProtocolError):
 
 class MessageInvalid(ProtocolError):
     """A message that is not JSON or fails validation."""
+
+
+class StaleMetadata(ProtocolError):
+    """An announcement past its ``expires_at`` (TUF freeze attack) or issued
+    before one already accepted (replayed metadata)."""
 
 
 class PackageInvalid(ProtocolError):
@@ -372,6 +378,11 @@ class Announcement(_Strict):
     expires_at: datetime
     signature: str | None = Field(default=None, description="ed25519 over the canonical body")
 
+    def signing_bytes(self) -> bytes:
+        """Canonical bytes the signature covers: everything but ``signature``."""
+        body = self.model_dump(mode="json", by_alias=True, exclude={"signature"})
+        return canonical_json(body)
+
 
 class ChunkRequest(_Strict):
     """On ``store/chunk/req``; the reply goes to the MQTT v5 response topic
@@ -398,6 +409,24 @@ class ChunkReplyHeader(_Strict):
     chunk_sha256: Sha256Hex | None = None
     status: Literal["ok", "not_found", "bad_request"] = "ok"
     error: str | None = None
+
+    def to_user_properties(self) -> list[tuple[str, str]]:
+        """The header as MQTT v5 user properties (one per field, None omitted)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return [(k, str(v)) for k, v in data.items()]
+
+    @classmethod
+    def from_user_properties(cls, pairs: list[tuple[str, str]]) -> ChunkReplyHeader:
+        """Parse user properties written by :meth:`to_user_properties`."""
+        data = dict(pairs)
+        if data.get("schema") != "citybrain.chunk/1":
+            raise SchemaVersionError(
+                f"expected schema 'citybrain.chunk/1', got {data.get('schema')!r}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise MessageInvalid(_first_error(e)) from None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -656,6 +685,41 @@ def verify_manifest_signature(manifest: Manifest, public_key_raw: bytes) -> None
         ) from None
 
 
+def verify_announcement(
+    announcement: Announcement,
+    public_key_raw: bytes,
+    *,
+    now: datetime | None = None,
+    previous: Announcement | None = None,
+) -> Announcement:
+    """Trust an announcement only if signed by the pinned key, not expired
+    (freeze attack) and not issued before ``previous`` (replay / rollback of
+    metadata). Raises :class:`SignatureInvalid` or :class:`StaleMetadata`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    a = announcement.algorithm
+    if not announcement.signature:
+        raise SignatureInvalid(f"announcement for {a}: not signed")
+    try:
+        sig = base64.b64decode(announcement.signature, validate=True)
+        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(sig, announcement.signing_bytes())
+    except (InvalidSignature, ValueError):
+        raise SignatureInvalid(f"announcement for {a}: signature does not verify") from None
+    now = now or utcnow()
+    if announcement.expires_at <= now:
+        raise StaleMetadata(
+            f"announcement for {a} expired at {announcement.expires_at.isoformat()} "
+            f"(now {now.isoformat()})"
+        )
+    if previous is not None and announcement.issued_at < previous.issued_at:
+        raise StaleMetadata(
+            f"announcement for {a} issued {announcement.issued_at.isoformat()} is older than "
+            f"the one already accepted ({previous.issued_at.isoformat()})"
+        )
+    return announcement
+
+
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -790,6 +854,7 @@ __all__ = [
     "SchemaVersionError",
     "Signature",
     "SignatureInvalid",
+    "StaleMetadata",
     "StreamHealth",
     "Task",
     "Topics",
@@ -805,6 +870,7 @@ __all__ = [
     "semver_key",
     "sha256_file",
     "utcnow",
+    "verify_announcement",
     "verify_manifest_signature",
     "verify_package_dir",
     "write_package_archive",

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -33,8 +34,31 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend. PostgreSQL stores
+    ``timestamptz``; SQLite keeps no zone, so values are normalised to UTC on
+    write and marked UTC on read. Naive values are taken to be UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
 def _enum(e: type[enum.Enum]) -> Enum:
@@ -134,7 +158,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     labels: Mapped[list[Any]] = mapped_column(default=list)  # ordered class names
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")
 
 
@@ -154,12 +178,12 @@ class Sample(Base):
     camera: Mapped[str | None] = mapped_column(String(128), default=None)
     device: Mapped[str | None] = mapped_column(String(128), default=None)
     model_version: Mapped[str | None] = mapped_column(String(64), default=None)
-    captured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     selector: Mapped[str | None] = mapped_column(String(64), default=None)
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DatasetSample(Base):
@@ -172,9 +196,19 @@ class DatasetSample(Base):
     sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id"), primary_key=True)
     pool: Mapped[str] = mapped_column(String(64), default="main")  # main | field_hard | ...
     split: Mapped[Split | None] = mapped_column(_enum(Split), default=None)
-    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     added_by_task: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), default=None)
-    __table_args__ = (Index("ix_dataset_samples_pool", "dataset_id", "pool"),)
+    # the current (newest, not superseded) label of the sample in this dataset;
+    # a pointer kept by cloud.catalog.annotate, the history lives in `annotations`
+    current_annotation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("annotations.id"), default=None
+    )
+    label: Mapped[str | None] = mapped_column(String(128), default=None)
+    __table_args__ = (
+        Index("ix_dataset_samples_pool", "dataset_id", "pool"),
+        Index("ix_dataset_samples_order", "dataset_id", "added_at", "sample_id"),
+        Index("ix_dataset_samples_label", "dataset_id", "label", "added_at", "sample_id"),
+    )
 
 
 class Annotation(Base):
@@ -190,7 +224,7 @@ class Annotation(Base):
     boxes: Mapped[list[Any] | None] = mapped_column(default=None)  # [{x1,y1,x2,y2,label}] pixels
     source: Mapped[AnnotationSource] = mapped_column(_enum(AnnotationSource))
     annotator: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     prelabel_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"), default=None)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"), default=None)
     task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), default=None)
@@ -211,7 +245,7 @@ class DatasetVersion(Base):
     labels: Mapped[list[Any]] = mapped_column(default=list)
     sample_count: Mapped[int] = mapped_column(Integer, default=0)
     labeled_count: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), default=None)
     __table_args__ = (UniqueConstraint("dataset_id", "number"),)
@@ -243,10 +277,10 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     logs: Mapped[list[TaskLog]] = relationship(
         back_populates="task", order_by="TaskLog.id", cascade="all, delete-orphan"
     )
@@ -256,7 +290,7 @@ class TaskLog(Base):
     __tablename__ = "task_logs"
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     level: Mapped[str] = mapped_column(String(16), default="info")
     message: Mapped[str] = mapped_column(Text)
     task: Mapped[Task] = relationship(back_populates="logs")
@@ -298,7 +332,7 @@ class Model(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     artifacts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> sha256 blob
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     __table_args__ = (UniqueConstraint("algorithm", "version"),)
 
 
@@ -322,5 +356,5 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(128))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[Role] = mapped_column(_enum(Role))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

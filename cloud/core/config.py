@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     job_visibility_s: float = Field(
         default=60.0, gt=0, description="a claimed job not heartbeated for this long is retried"
     )
+    job_backoff_s: float = Field(
+        default=5.0, ge=0, description="first retry delay of a failed job; doubles per attempt"
+    )
+    job_prefix: str = Field(
+        default="citybrain:jobs", min_length=1, description="Redis key prefix of the job queue"
+    )
+    events_channel: str = Field(
+        default="citybrain:events", min_length=1, description="Redis pub/sub channel of live events"
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 08:31:58.593744
+Create Date: 2026-11-28 08:41:42.138726
 """
 from alembic import op
 import sqlalchemy as sa
@@ -103,21 +103,6 @@ def upgrade() -> None:
     with op.batch_alter_table('annotations', schema=None) as batch_op:
         batch_op.create_index('ix_annotations_ds_sample', ['dataset_id', 'sample_id'], unique=False)
 
-    op.create_table('dataset_samples',
-    sa.Column('dataset_id', sa.Integer(), nullable=False),
-    sa.Column('sample_id', sa.String(length=64), nullable=False),
-    sa.Column('pool', sa.String(length=64), nullable=False),
-    sa.Column('split', sa.Enum('train', 'val', 'test', name='split', native_enum=False, length=32), nullable=True),
-    sa.Column('added_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('added_by_task', sa.String(length=32), nullable=True),
-    sa.ForeignKeyConstraint(['added_by_task'], ['tasks.id'], ),
-    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['sample_id'], ['samples.id'], ),
-    sa.PrimaryKeyConstraint('dataset_id', 'sample_id')
-    )
-    with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
-        batch_op.create_index('ix_dataset_samples_pool', ['dataset_id', 'pool'], unique=False)
-
     op.create_table('dataset_versions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dataset_id', sa.Integer(), nullable=False),
@@ -181,6 +166,26 @@ def upgrade() -> None:
     with op.batch_alter_table('annotation_assignments', schema=None) as batch_op:
         batch_op.create_index('ix_assign_task_annotator', ['task_id', 'annotator', 'done'], unique=False)
 
+    op.create_table('dataset_samples',
+    sa.Column('dataset_id', sa.Integer(), nullable=False),
+    sa.Column('sample_id', sa.String(length=64), nullable=False),
+    sa.Column('pool', sa.String(length=64), nullable=False),
+    sa.Column('split', sa.Enum('train', 'val', 'test', name='split', native_enum=False, length=32), nullable=True),
+    sa.Column('added_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('added_by_task', sa.String(length=32), nullable=True),
+    sa.Column('current_annotation_id', sa.Integer(), nullable=True),
+    sa.Column('label', sa.String(length=128), nullable=True),
+    sa.ForeignKeyConstraint(['added_by_task'], ['tasks.id'], ),
+    sa.ForeignKeyConstraint(['current_annotation_id'], ['annotations.id'], ),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['sample_id'], ['samples.id'], ),
+    sa.PrimaryKeyConstraint('dataset_id', 'sample_id')
+    )
+    with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
+        batch_op.create_index('ix_dataset_samples_label', ['dataset_id', 'label', 'added_at', 'sample_id'], unique=False)
+        batch_op.create_index('ix_dataset_samples_order', ['dataset_id', 'added_at', 'sample_id'], unique=False)
+        batch_op.create_index('ix_dataset_samples_pool', ['dataset_id', 'pool'], unique=False)
+
     op.create_table('dataset_version_items',
     sa.Column('version_id', sa.Integer(), nullable=False),
     sa.Column('sample_id', sa.String(length=64), nullable=False),
@@ -210,13 +215,63 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('algorithm', 'version')
     )
+    op.create_table('kg_edges',
+    sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('type', sa.String(length=16), nullable=False),
+    sa.Column('src', sa.String(length=620), nullable=False),
+    sa.Column('dst', sa.String(length=620), nullable=False),
+    sa.Column('attrs', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('seq')
+    )
+    with op.batch_alter_table('kg_edges', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kg_edges_type'), ['type'], unique=False)
+
+    op.create_table('kg_meta',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('scene_threshold', sa.Float(), nullable=False),
+    sa.Column('saved_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
+    op.create_table('kg_nodes',
+    sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('type', sa.String(length=16), nullable=False),
+    sa.Column('node_id', sa.String(length=600), nullable=False),
+    sa.Column('attrs', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('seq')
+    )
+    with op.batch_alter_table('kg_nodes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kg_nodes_type'), ['type'], unique=False)
+
+    op.create_table('kg_policies',
+    sa.Column('id', sa.String(length=128), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('doc', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table('kg_policies')
+    with op.batch_alter_table('kg_nodes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kg_nodes_type'))
+
+    op.drop_table('kg_nodes')
+    op.drop_table('kg_meta')
+    with op.batch_alter_table('kg_edges', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kg_edges_type'))
+
+    op.drop_table('kg_edges')
     op.drop_table('models')
     op.drop_table('dataset_version_items')
+    with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
+        batch_op.drop_index('ix_dataset_samples_pool')
+        batch_op.drop_index('ix_dataset_samples_order')
+        batch_op.drop_index('ix_dataset_samples_label')
+
+    op.drop_table('dataset_samples')
     with op.batch_alter_table('annotation_assignments', schema=None) as batch_op:
         batch_op.drop_index('ix_assign_task_annotator')
 
@@ -231,10 +286,6 @@ def downgrade() -> None:
 
     op.drop_table('lineage_edges')
     op.drop_table('dataset_versions')
-    with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
-        batch_op.drop_index('ix_dataset_samples_pool')
-
-    op.drop_table('dataset_samples')
     with op.batch_alter_table('annotations', schema=None) as batch_op:
         batch_op.drop_index('ix_annotations_ds_sample')
 

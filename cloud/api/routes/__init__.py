@@ -1,0 +1,29 @@
+"""One router per resource, all mounted under ``/api/v1``."""
+
+from __future__ import annotations
+
+from cloud.api.routes import (
+    annotation_tasks,
+    datasets,
+    events,
+    health,
+    models,
+    samples,
+    tasks,
+    tokens,
+    uploads,
+)
+
+ROUTERS = [
+    health.router,
+    tokens.router,
+    datasets.router,
+    uploads.router,
+    samples.router,
+    annotation_tasks.router,
+    tasks.router,
+    models.router,
+    events.router,
+]
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,14 @@
+"""The web console: server-rendered pages (Jinja2) plus a little vanilla JS
+that talks to the REST API with the login cookie.
+
+Pages: ``/login``, ``/datasets``, ``/datasets/{name}`` (thumbnail grid with
+filters and paging), ``/datasets/{name}/samples/{id}``, ``/annotate/{task}``
+(keyboard-first labeling), ``/review/{task}``, ``/tasks`` (live progress via
+SSE). Pages are not part of the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from cloud.console._pages import mount_console
+
+__all__ = ["mount_console"]

@@ -1,0 +1,626 @@
+"""Selection strategies: small pure functions ``select(state, budget, rng) -> Selection``.
+
+Every strategy returns exactly ``budget`` distinct indices that are neither
+labeled nor excluded (queued), a reason per index (shown to the annotator) and a
+score per index, and is deterministic for a given ``rng`` seed.
+
+Strategies (``make_strategy(name, **cfg)``):
+
+- ``random``: the baseline.
+- ``least_confidence`` / ``margin`` / ``entropy`` (uncertainty): the samples the
+  current model is least sure about. They need model probabilities; before the
+  first model exists they fall back to random and say so in the reason.
+- ``kcenter`` (diversity, the core-set of Sener & Savarese 2018): farthest-first
+  traversal from the labeled set; approximate on huge pools (candidates = a
+  sample plus the pool's outliers, see :mod:`._scale`).
+- ``typiclust`` (typicality, Hacohen, Dekel & Weinshall 2022, "Active learning
+  on a budget: opposite strategies suit high and low budgets"): k-means into
+  ``|labeled| + budget`` clusters; from the largest clusters holding no label,
+  pick the most typical point (inverse mean distance to its 20 nearest
+  neighbours inside the cluster).
+- ``probcover`` (coverage, Yehuda, Dekel, Hacohen & Weinshall 2022, "Active
+  learning through a covering lens"): a δ-ball graph over faiss neighbours, δ
+  the largest radius whose balls stay 95% pure under k-means pseudo-labels;
+  greedy maximum coverage of the not-yet-covered points.
+- ``badge`` (Ash, Zhang, Krishnamurthy, Langford & Agarwal 2020, "Deep batch
+  active learning by diverse, uncertain gradient lower bounds"): k-means++
+  seeding on the last-layer gradient embeddings ``(p - onehot(ŷ)) ⊗ h``,
+  computed without materialising the ``C·H`` vectors.
+- ``auto``: the hybrid below.
+
+Why ``auto`` switches by label-budget regime — the *cold start problem*:
+with very few labels, the samples a model is uncertain about are mostly
+outliers and its uncertainty estimates are themselves noise, so uncertainty
+sampling does worse than random (Hacohen et al. 2022 show the crossing on
+CIFAR/ImageNet; Yehuda et al. 2022 confirm it for coverage). In that regime the
+best labels are *typical* points that *cover* the data: one representative of
+every dense region. Once a few labels per class exist (here: fewer than
+``low_per_class`` labels per class means "few"), the model's uncertainty becomes
+informative and the best labels lie near the decision boundary, so ``auto``
+switches to uncertainty (margin) made diverse by clustering the most uncertain
+candidates (Zhdanov 2019 "diverse mini-batch active learning"; BADGE's insight
+that a batch must be uncertain *and* diverse).
+
+Rare events: neither typicality nor uncertainty finds a class of 1/10,000 that
+the model has never seen — it is not dense and the model is confidently wrong
+on it. ``auto`` therefore reserves a novelty quota (``novelty`` share of the
+budget, at least one) for k-center picks over the pool's outliers, i.e. the
+points farthest from everything labeled or picked, and — once a model exists —
+per-predicted-class quotas so rare predicted classes get labels before the
+common ones get more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ._scale import (
+    gather,
+    kcenter_candidates,
+    kcenter_greedy,
+    kmeans_assign,
+    nearest_distance,
+    pool_mean,
+    sample_indices,
+    top_k,
+)
+from ._types import BudgetExceedsPool, MiningInputError, PoolState, Selection, Strategy
+
+UNCERTAINTY_KINDS = ("least_confidence", "margin", "entropy")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _candidates(state: PoolState, budget: int) -> np.ndarray:
+    if budget < 0:
+        raise MiningInputError(f"budget must be >= 0, got {budget}", field="budget")
+    mask = state.candidate_mask()
+    n_free = int(mask.sum())
+    if budget > n_free:
+        raise BudgetExceedsPool(
+            f"budget {budget} is larger than the {n_free} unlabeled, unqueued samples of the pool",
+            field="budget",
+        )
+    return mask
+
+
+def _fmt_top(rank: int, n: int) -> str:
+    pct = 100.0 * (rank + 1) / max(n, 1)
+    return f"top {pct:.2g}%" if pct < 10 else f"top {pct:.0f}%"
+
+
+def uncertainty_scores(probs: np.ndarray, kind: str, batch: int = 65_536) -> np.ndarray:
+    """Higher = more uncertain. ``kind``: least_confidence | margin | entropy."""
+    if kind not in UNCERTAINTY_KINDS:
+        raise MiningInputError(f"unknown uncertainty kind {kind!r}", field="kind")
+    n = probs.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, batch):
+        p = np.asarray(probs[s : s + batch], dtype=np.float64)
+        if kind == "least_confidence":
+            out[s : s + batch] = 1.0 - p.max(axis=1)
+        elif kind == "margin":
+            if p.shape[1] < 2:
+                out[s : s + batch] = 0.0
+            else:
+                two = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+                out[s : s + batch] = 1.0 - (two[:, 1] - two[:, 0])
+        else:
+            q = np.clip(p, 1e-12, 1.0)
+            out[s : s + batch] = -(p * np.log(q)).sum(axis=1)
+    return out
+
+
+def _describe_uncertainty(kind: str, score: float, probs_row: np.ndarray | None) -> str:
+    if kind == "least_confidence":
+        return f"top class only {1.0 - score:.2f} sure"
+    if kind == "margin":
+        return f"margin {1.0 - score:.2f} between the two likeliest classes"
+    return f"entropy {score:.2f}"
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def random_strategy(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+    mask = _candidates(state, budget)
+    cand = np.flatnonzero(mask)
+    picks = np.sort(rng.choice(cand, size=budget, replace=False)) if budget else cand[:0]
+    return Selection(picks, ["random pick (baseline)"] * budget, np.zeros(budget), "random")
+
+
+def uncertainty(kind: str = "entropy") -> Strategy:
+    if kind not in UNCERTAINTY_KINDS:
+        raise MiningInputError(
+            f"unknown uncertainty kind {kind!r}; one of {', '.join(UNCERTAINTY_KINDS)}",
+            field="kind",
+        )
+
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        if state.probs is None:
+            sel = random_strategy(state, budget, rng)
+            return Selection(sel.indices, ["no model yet: random start"] * budget, sel.scores, kind)
+        scores = uncertainty_scores(state.probs, kind)
+        n_cand = int(mask.sum())
+        scores = np.where(mask, scores, -np.inf)
+        picks = top_k(scores, budget)
+        reasons = [
+            f"{_describe_uncertainty(kind, scores[i], None)} ({_fmt_top(r, n_cand)})"
+            for r, i in enumerate(picks)
+        ]
+        return Selection(picks, reasons, scores[picks], kind)
+
+    select.__name__ = kind
+    return select
+
+
+def kcenter(exact_below: int = 30_000) -> Strategy:
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        return _kcenter_select(state, mask, budget, rng, exact_below, picked=None, name="kcenter")
+
+    return select
+
+
+def _kcenter_select(
+    state: PoolState,
+    mask: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    exact_below: int,
+    picked: np.ndarray | None,
+    name: str,
+    novelty: bool = False,
+) -> Selection:
+    if budget == 0:
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), name)
+    x = state.embeddings
+    cand = kcenter_candidates(x, mask, budget, rng, exact_below=exact_below)
+    xc = gather(x, cand)
+    covered = state.covered()
+    if picked is not None and picked.size:
+        covered = np.union1d(covered, picked)
+    if covered.size:
+        dist, _ = nearest_distance(xc, gather(x, covered))
+        what = (
+            "labeled/queued set"
+            if picked is None or not picked.size
+            else "labeled set and other picks"
+        )
+    else:
+        # nothing covered yet: measure from the pool's centre (a virtual centre)
+        dist, _ = nearest_distance(xc, pool_mean(x)[None, :])
+        what = "pool centre"
+    pos, at = kcenter_greedy(xc, dist, budget)
+    picks = cand[pos]
+    if novelty:
+        reasons = [
+            f"novel: {d:.3g} from the {what} and earlier picks (rare-event quota)" for d in at
+        ]
+    else:
+        reasons = [f"farthest from the {what} and earlier picks: {d:.3g}" for d in at]
+    return Selection(picks, reasons, at, name)
+
+
+def typiclust(
+    knn: int = 20,
+    min_cluster_size: int = 5,
+    max_clusters: int = 50_000,
+    typicality_sample: int = 2_000,
+) -> Strategy:
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        return _typiclust_select(
+            state, mask, budget, rng, knn, min_cluster_size, max_clusters, typicality_sample
+        )
+
+    return select
+
+
+def _typiclust_select(
+    state: PoolState,
+    mask: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    knn: int,
+    min_cluster_size: int,
+    max_clusters: int,
+    typicality_sample: int,
+    name: str = "typiclust",
+) -> Selection:
+    import faiss
+
+    if budget == 0:
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), name)
+    x = state.embeddings
+    covered = state.covered()
+    k = int(min(covered.size + budget, max_clusters, x.shape[0]))
+    _, assign, _ = kmeans_assign(x, k, rng)
+    sizes = np.bincount(assign, minlength=k)
+    counts = np.bincount(assign[covered], minlength=k).astype(np.int64)
+    order = np.argsort(assign, kind="stable")
+    starts = np.searchsorted(assign[order], np.arange(k + 1))
+    avail = np.bincount(assign[mask], minlength=k).astype(np.int64)
+    free = mask.copy()
+    picks: list[int] = []
+    reasons: list[str] = []
+    scores: list[float] = []
+    typ_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    big = sizes >= min_cluster_size
+    for _ in range(budget):
+        ok = avail > 0
+        if (ok & big).any():
+            ok &= big
+        # fewest labels first, then largest cluster, then lowest id
+        key = np.lexsort((np.arange(k), -sizes, counts))
+        c = int(key[ok[key]][0])
+        if c not in typ_cache:
+            members = order[starts[c] : starts[c + 1]]
+            ref = (
+                members
+                if members.size <= typicality_sample
+                else members[sample_indices(members.size, typicality_sample, rng)]
+            )
+            xm = gather(x, members)
+            kk = min(knn, ref.size - 1)
+            if kk <= 0:
+                typ = np.ones(members.size)
+            else:
+                index = faiss.IndexFlatL2(x.shape[1])
+                index.add(gather(x, ref))
+                d2, _ = index.search(xm, kk + 1)
+                d = np.sqrt(np.maximum(d2, 0.0))
+                # drop the self-match when the member is in the reference set
+                in_ref = np.isin(members, ref)
+                mean = np.where(in_ref, d[:, 1:].mean(axis=1), d[:, :kk].mean(axis=1))
+                typ = 1.0 / (mean + 1e-8)
+            typ_cache[c] = (members, typ)
+        members, typ = typ_cache[c]
+        t = np.where(free[members], typ, -np.inf)
+        j = int(np.argmax(t))
+        i = int(members[j])
+        labeled_note = "no label yet" if counts[c] == 0 else f"{counts[c]} labeled/picked"
+        picks.append(i)
+        reasons.append(
+            f"most typical sample of cluster {c} ({sizes[c]:,} samples, {labeled_note}); "
+            f"typicality {typ[j]:.3g}"
+        )
+        scores.append(float(typ[j]))
+        free[i] = False
+        avail[c] -= 1
+        counts[c] += 1
+    return Selection(np.asarray(picks), reasons, np.asarray(scores), name)
+
+
+def probcover(
+    delta: float | None = None,
+    purity: float = 0.95,
+    neighbours: int = 32,
+    sample_size: int = 50_000,
+) -> Strategy:
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        return _probcover_select(state, mask, budget, rng, delta, purity, neighbours, sample_size)
+
+    return select
+
+
+def _estimate_delta(
+    xs: np.ndarray, d: np.ndarray, nb: np.ndarray, n_classes: int, purity: float, rng
+) -> float:
+    """Largest δ whose balls are ``purity``-pure under k-means pseudo-labels."""
+    _, pseudo, _ = kmeans_assign(xs, n_classes, rng)
+    same = pseudo[nb] == pseudo[:, None]
+    cands = np.quantile(d[:, 1:], np.linspace(0.02, 0.98, 25))
+    best = float(cands[0])
+    for delta in cands:
+        inside = d < delta
+        pure = np.all(same | ~inside, axis=1).mean()
+        if pure >= purity:
+            best = float(delta)
+    return best
+
+
+def _probcover_select(
+    state: PoolState,
+    mask: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    delta: float | None,
+    purity: float,
+    neighbours: int,
+    sample_size: int,
+) -> Selection:
+    import faiss
+    from scipy import sparse
+
+    if budget == 0:
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), "probcover")
+    x = state.embeddings
+    n = x.shape[0]
+    covered = state.covered()
+    if n <= sample_size:
+        sub = np.arange(n)
+    else:
+        free = np.flatnonzero(mask)
+        sub = np.union1d(free[sample_indices(free.size, sample_size, rng)], covered)
+    xs = gather(x, sub)
+    m = sub.size
+    kk = min(neighbours, m - 1)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(xs)
+    d2, nb = index.search(xs, kk + 1)
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if delta is None:
+        n_cls = state.n_classes or 10
+        delta = _estimate_delta(xs, d, nb, min(n_cls, m), purity, rng)
+    inside = (d <= delta) & (nb >= 0)
+    rows = np.repeat(np.arange(m), kk + 1)[inside.ravel()]
+    cols = nb.ravel()[inside.ravel()]
+    # ball graph: i covers j when j is within δ of i (symmetric up to k-NN truncation)
+    g = sparse.csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(m, m))
+    gt = g.T.tocsr()
+    is_cov = np.zeros(m, dtype=bool)
+    pos_of = {int(v): p for p, v in enumerate(sub)}
+    for c in covered:
+        p = pos_of.get(int(c))
+        if p is not None:
+            is_cov[g.indices[g.indptr[p] : g.indptr[p + 1]]] = True
+    deg = np.asarray(g @ (~is_cov).astype(np.int64)).ravel().astype(np.int64)
+    selectable = mask[sub].copy()
+    picks: list[int] = []
+    reasons: list[str] = []
+    scores: list[float] = []
+    for _ in range(budget):
+        sdeg = np.where(selectable, deg, -1)
+        p = int(np.argmax(sdeg))
+        if sdeg[p] <= 0:
+            break
+        newly = g.indices[g.indptr[p] : g.indptr[p + 1]]
+        newly = newly[~is_cov[newly]]
+        picks.append(int(sub[p]))
+        reasons.append(f"covers {int(sdeg[p])} not-yet-covered samples within δ={delta:.3g}")
+        scores.append(float(sdeg[p]))
+        selectable[p] = False
+        is_cov[newly] = True
+        for j in newly:  # j now covered: every ball containing j loses one
+            deg[gt.indices[gt.indptr[j] : gt.indptr[j + 1]]] -= 1
+    rest = budget - len(picks)
+    if rest:
+        # everything is covered at this δ: fill with random picks, said so
+        free = mask.copy()
+        free[np.asarray(picks, dtype=np.int64)] = False
+        extra = np.sort(rng.choice(np.flatnonzero(free), size=rest, replace=False))
+        picks.extend(int(i) for i in extra)
+        reasons.extend([f"pool fully covered at δ={delta:.3g}: random pick"] * rest)
+        scores.extend([0.0] * rest)
+    return Selection(np.asarray(picks), reasons, np.asarray(scores), "probcover")
+
+
+def badge(sample_size: int = 50_000) -> Strategy:
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        if state.probs is None:
+            sel = random_strategy(state, budget, rng)
+            return Selection(
+                sel.indices, ["no model yet: random start"] * budget, sel.scores, "badge"
+            )
+        cand = np.flatnonzero(mask)
+        if cand.size > sample_size:
+            cand = cand[sample_indices(cand.size, max(sample_size, 10 * budget), rng)]
+        h = gather(state.penultimate if state.penultimate is not None else state.embeddings, cand)
+        h = h.astype(np.float64)
+        p = gather(state.probs, cand).astype(np.float64)
+        a = p.copy()
+        a[np.arange(a.shape[0]), p.argmax(axis=1)] -= 1.0
+        an = (a * a).sum(axis=1)
+        hn = (h * h).sum(axis=1)
+        gn = an * hn  # |g|² of the gradient embedding a ⊗ h
+        d2 = gn.copy()
+        picks = np.empty(budget, dtype=np.int64)
+        at = np.empty(budget)
+        taken = np.zeros(cand.size, dtype=bool)
+        for t in range(budget):
+            if t == 0:
+                j = int(np.argmax(gn))
+            else:
+                w = np.where(taken, 0.0, np.maximum(d2, 0.0))
+                s = w.sum()
+                if s <= 0:
+                    j = int(rng.choice(np.flatnonzero(~taken)))
+                else:
+                    j = int(rng.choice(cand.size, p=w / s))
+            picks[t] = j
+            at[t] = math.sqrt(max(d2[j], 0.0))
+            taken[j] = True
+            nd = gn + gn[j] - 2.0 * (a @ a[j]) * (h @ h[j])
+            np.minimum(d2, nd, out=d2)
+        reasons = [
+            f"gradient-embedding norm {math.sqrt(gn[j]):.3g}, {at[t]:.3g} from earlier picks "
+            "(BADGE k-means++)"
+            for t, j in enumerate(picks)
+        ]
+        reasons[0] = f"largest gradient-embedding norm {math.sqrt(gn[picks[0]]):.3g} (BADGE)"
+        return Selection(cand[picks], reasons, at, "badge")
+
+    return select
+
+
+def _diverse_uncertain(
+    state: PoolState, mask: np.ndarray, budget: int, rng: np.random.Generator, beta: int
+) -> Selection:
+    """Margin uncertainty made diverse: cluster the ``beta·budget`` most uncertain
+    candidates into ``budget`` groups, take the most uncertain of each group."""
+    assert state.probs is not None
+    if budget == 0:
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), "auto")
+    scores = uncertainty_scores(state.probs, "margin")
+    n_cand = int(mask.sum())
+    scores = np.where(mask, scores, -np.inf)
+    top = top_k(scores, min(n_cand, beta * budget))
+    if top.size <= budget:
+        picks = top
+        groups = np.ones(top.size, dtype=np.int64)
+    else:
+        xt = gather(state.embeddings, top)
+        _, assign, _ = kmeans_assign(xt, budget, rng, min_sample=xt.shape[0])
+        best: dict[int, int] = {}
+        for pos in range(top.size):  # top is sorted most uncertain first
+            best.setdefault(int(assign[pos]), pos)
+        chosen = sorted(best.values())
+        if len(chosen) < budget:  # empty clusters: fill by uncertainty
+            rest = [p for p in range(top.size) if p not in set(chosen)]
+            chosen += rest[: budget - len(chosen)]
+        chosen = np.asarray(sorted(chosen))
+        sizes = np.bincount(assign, minlength=budget)
+        picks = top[chosen]
+        groups = sizes[assign[chosen]]
+    rank = {int(i): r for r, i in enumerate(top)}
+    reasons = [
+        f"margin {1.0 - scores[i]:.2f} ({_fmt_top(rank[int(i)], n_cand)}), most uncertain of "
+        f"{int(gsz)} similar uncertain samples"
+        for i, gsz in zip(picks, groups, strict=True)
+    ]
+    return Selection(picks, reasons, scores[picks], "auto")
+
+
+def _class_quota(state: PoolState, mask: np.ndarray, slots: int) -> Selection:
+    """One pick for each of the ``slots`` rarest predicted classes: its most
+    uncertain candidate (rare classes get labels before common ones get more)."""
+    assert state.probs is not None
+    if slots <= 0:
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), "auto")
+    n = state.n
+    c = state.probs.shape[1]
+    pred = np.empty(n, dtype=np.int64)
+    for s in range(0, n, 65_536):
+        pred[s : s + 65_536] = np.asarray(state.probs[s : s + 65_536]).argmax(axis=1)
+    counts = np.bincount(pred, minlength=c)
+    lab_counts = np.zeros(c, dtype=np.int64)
+    if (
+        state.labels is not None
+        and state.labels.size
+        and np.issubdtype(state.labels.dtype, np.integer)
+    ):
+        lab_counts = np.bincount(state.labels[state.labels < c], minlength=c)
+    present = np.flatnonzero(np.bincount(pred[mask], minlength=c) > 0)
+    # rarest first: fewest labels, then fewest predictions
+    present = present[np.lexsort((counts[present], lab_counts[present]))][:slots]
+    unc = uncertainty_scores(state.probs, "margin")
+    picks, reasons, scores = [], [], []
+    for k in present:
+        cand = np.flatnonzero((pred == k) & mask)
+        j = int(cand[np.argmax(unc[cand])])
+        picks.append(j)
+        reasons.append(
+            f"class quota: predicted class {k} is rare ({counts[k]:,} predicted, "
+            f"{lab_counts[k]} labeled)"
+        )
+        scores.append(float(unc[j]))
+    return Selection(np.asarray(picks, dtype=np.int64), reasons, np.asarray(scores), "auto")
+
+
+def auto(
+    low_per_class: int = 5,
+    novelty: float = 0.1,
+    class_quota: float = 0.2,
+    default_classes: int = 10,
+    beta: int = 10,
+    exact_below: int = 30_000,
+) -> Strategy:
+    """Hybrid by label-budget regime, with rare-event quotas (see module doc)."""
+
+    def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
+        mask = _candidates(state, budget)
+        if budget == 0:
+            return Selection(np.zeros(0, np.int64), [], np.zeros(0), "auto")
+        n_classes = (
+            state.n_classes
+            or (
+                len(np.unique(state.labels))
+                if state.labels is not None and state.labels.size
+                else 0
+            )
+            or default_classes
+        )
+        few = state.probs is None or state.labeled.size < low_per_class * n_classes
+        n_novel = min(budget, max(1, round(novelty * budget))) if budget >= 2 else 0
+        parts: list[Selection] = []
+        m = mask.copy()
+        if not few:
+            n_quota = min(budget - n_novel, int(class_quota * budget))
+            q = _class_quota(state, m, n_quota)
+            m[q.indices] = False
+            parts.append(q)
+            main = _diverse_uncertain(state, m, budget - n_novel - len(q), rng, beta)
+            tag = "[many labels: uncertainty+diversity] "
+        else:
+            main = _typiclust_select(
+                state, m, budget - n_novel, rng, 20, 5, 50_000, 2_000, name="auto"
+            )
+            tag = "[few labels: typicality] "
+        main.reasons = [tag + r for r in main.reasons]
+        parts.append(main)
+        m[main.indices] = False
+        picked = np.concatenate([p.indices for p in parts])
+        nov = _kcenter_select(
+            state,
+            m,
+            budget - len(picked),
+            rng,
+            exact_below,
+            picked=picked,
+            name="auto",
+            novelty=True,
+        )
+        parts.append(nov)
+        sel = Selection.concat(parts, "auto")
+        return sel
+
+    return select
+
+
+# ---------------------------------------------------------------- registry
+
+_FACTORIES: dict[str, Callable[..., Strategy]] = {
+    "random": lambda: random_strategy,
+    "least_confidence": lambda **cfg: uncertainty("least_confidence", **cfg),
+    "margin": lambda **cfg: uncertainty("margin", **cfg),
+    "entropy": lambda **cfg: uncertainty("entropy", **cfg),
+    "kcenter": kcenter,
+    "typiclust": typiclust,
+    "probcover": probcover,
+    "badge": badge,
+    "auto": auto,
+}
+
+STRATEGIES: tuple[str, ...] = tuple(sorted(_FACTORIES))
+
+
+def make_strategy(name: str, **cfg) -> Strategy:
+    """The strategy called ``name`` configured with ``cfg``."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise MiningInputError(
+            f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}", field="strategy"
+        ) from None
+    try:
+        return factory(**cfg)
+    except TypeError as e:
+        raise MiningInputError(
+            f"bad parameters for strategy {name!r}: {e}", field="strategy"
+        ) from None
+
+
+def select(name: str, state: PoolState, budget: int, seed: int = 0, **cfg) -> Selection:
+    """Run strategy ``name`` with a fresh ``np.random.default_rng(seed)``."""
+    sel = make_strategy(name, **cfg)(state, budget, np.random.default_rng(seed))
+    if len(sel) != budget or len(np.unique(sel.indices)) != budget:
+        raise RuntimeError(f"strategy {name} returned {len(sel)} picks for budget {budget}")
+    return sel

@@ -1,0 +1,245 @@
+"""The graph as a ``citybrain.schedule-instance/1`` document (see
+``../shared/schemas/README.md``), and back.
+
+Pins and exclusions are not part of that format. When active policies carry any,
+:func:`export_instance` adds a top-level ``extensions`` object that a solver may read
+(a solver that does not know it ignores it)::
+
+    "extensions": {
+      "citybrain.pins/1": [{"camera", "algorithm", "priority", "policy"}],
+      "citybrain.exclusions/1": [{"algorithm", "camera"?, "device"?, "policy"}]
+    }
+
+A pin asks for ``algorithm`` to run on ``camera`` (worth ``priority``); an exclusion
+forbids ``algorithm`` on ``camera`` and/or on ``device``. Without pins or exclusions
+the document has exactly the keys of the format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knowledge_graph._errors import GraphError, UnknownNode
+from knowledge_graph._graph import CityGraph
+from knowledge_graph._ontology import NodeType
+from knowledge_graph._policy import Policy
+
+N = NodeType
+INSTANCE_SCHEMA = "citybrain.schedule-instance/1"
+PINS_EXTENSION = "citybrain.pins/1"
+EXCLUSIONS_EXTENSION = "citybrain.exclusions/1"
+
+
+def _num(x: float) -> float | int:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def export_instance(
+    graph: CityGraph,
+    policies: Iterable[Policy] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """The graph, its devices and the policies active at ``at`` (default: now, local wall
+    clock) as a ``citybrain.schedule-instance/1`` document. ``policies`` defaults to the
+    graph's own. A camera's scenes are those that count (operator-set, confirmed, or
+    inferred at or above the graph's confidence threshold)."""
+    at = at or datetime.now()
+    pols = list(graph.policies.values()) if policies is None else list(policies)
+    active = [p for p in pols if p.active_at(at)]
+    algorithms = []
+    for a in graph.nodes(N.ALGORITHM):
+        info = graph.node(N.ALGORITHM, a)
+        algorithms.append(
+            {
+                "id": a,
+                "version": info["version"],
+                "detects": graph.algorithm_detects(a),
+                "scenes": graph.algorithm_scenes(a),
+                "fps": _num(info["fps"]),
+                "cost": {
+                    t: {"ms_per_frame": c["ms_per_frame"], "mem_mb": c["mem_mb"]}
+                    for t, c in graph.algorithm_cost(a).items()
+                },
+            }
+        )
+    cameras = [
+        {"id": c, "zone": graph.zone_of(c), "scenes": graph.camera_scenes(c)}
+        for c in graph.nodes(N.CAMERA)
+    ]
+    devices = []
+    for d in graph.nodes(N.DEVICE):
+        cap = graph.node(N.DEVICE, d)["capacity"]
+        devices.append(
+            {
+                "id": d,
+                "target": graph.device_target(d),
+                "capacity": {
+                    "ms_per_s": cap["ms_per_s"],
+                    "mem_mb": cap["mem_mb"],
+                    "streams": cap["streams"],
+                },
+                "cameras": graph.device_cameras(d),
+            }
+        )
+    doc: dict[str, Any] = {
+        "schema": INSTANCE_SCHEMA,
+        "algorithms": algorithms,
+        "cameras": cameras,
+        "devices": devices,
+        "policies": [
+            {"zone": p.zone, "events": list(p.events), "priority": _num(p.priority)}
+            for p in active
+            if p.events
+        ],
+    }
+    pins = [
+        {"camera": x.camera, "algorithm": x.algorithm, "priority": _num(p.priority), "policy": p.id}
+        for p in active
+        for x in p.pins
+    ]
+    exclusions = [
+        {
+            "algorithm": x.algorithm,
+            **({"camera": x.camera} if x.camera else {}),
+            **({"device": x.device} if x.device else {}),
+            "policy": p.id,
+        }
+        for p in active
+        for x in p.exclusions
+    ]
+    if pins or exclusions:
+        doc["extensions"] = {PINS_EXTENSION: pins, EXCLUSIONS_EXTENSION: exclusions}
+    return doc
+
+
+# ---------------------------------------------------------------------------
+# import (an instance file -> a graph), e.g. to reproduce a benchmark instance
+# ---------------------------------------------------------------------------
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Cost(_M):
+    ms_per_frame: float = Field(gt=0)
+    mem_mb: float = Field(gt=0)
+
+
+class _Algorithm(_M):
+    id: str
+    version: str
+    detects: list[str]
+    scenes: list[str]
+    fps: float = Field(gt=0)
+    cost: dict[str, _Cost]
+
+
+class _Camera(_M):
+    id: str
+    zone: str
+    scenes: list[str]
+
+
+class _Capacity(_M):
+    ms_per_s: float = Field(gt=0)
+    mem_mb: float = Field(gt=0)
+    streams: int = Field(gt=0)
+
+
+class _Device(_M):
+    id: str
+    target: str
+    capacity: _Capacity
+    cameras: list[str]
+
+
+class _PolicyRow(_M):
+    zone: str
+    events: list[str] = Field(min_length=1)
+    priority: float = Field(gt=0)
+
+
+class _Instance(_M):
+    schema_: Literal["citybrain.schedule-instance/1"] = Field(alias="schema")
+    algorithms: list[_Algorithm]
+    cameras: list[_Camera]
+    devices: list[_Device]
+    policies: list[_PolicyRow]
+    extensions: dict[str, Any] = Field(default_factory=dict)
+
+
+def import_instance(
+    doc: Mapping[str, Any], *, graph: CityGraph | None = None, source: str = "instance"
+) -> CityGraph:
+    """Build (or extend) a graph from a ``citybrain.schedule-instance/1`` document.
+    Scenes and events it names that the graph lacks are created; everything else
+    (duplicate ids, unknown cameras, bad capacities) is an error naming the field.
+    Policies get ids ``<source>-1``, ``<source>-2``... in document order."""
+    try:
+        inst = _Instance.model_validate(dict(doc))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise GraphError(f"{source}: {loc}: {err['msg']}", field=loc) from None
+    g = graph if graph is not None else CityGraph()
+    raw = dict(doc)
+    for i, a in enumerate(inst.algorithms):
+        try:
+            g.add_algorithm(
+                a.id,
+                version=a.version,
+                detects=a.detects,
+                scenes=a.scenes,
+                fps=_num(raw["algorithms"][i]["fps"]),
+                cost={t: dict(raw["algorithms"][i]["cost"][t]) for t in a.cost},
+                create_missing=True,
+            )
+        except GraphError as e:
+            raise type(e)(f"{source}: algorithms.{i}: {e.message}", field=e.field) from None
+    for i, c in enumerate(inst.cameras):
+        try:
+            for s in c.scenes:
+                if not g.has(N.SCENE, s):
+                    g.add_node(N.SCENE, s, source=source)
+            g.add_camera(c.id, zone=c.zone, scenes=c.scenes)
+        except GraphError as e:
+            raise type(e)(f"{source}: cameras.{i}: {e.message}", field=e.field) from None
+    for i, d in enumerate(inst.devices):
+        cap = raw["devices"][i]["capacity"]
+        try:
+            g.add_device(
+                d.id,
+                target=d.target,
+                ms_per_s=cap["ms_per_s"],
+                mem_mb=cap["mem_mb"],
+                streams=cap["streams"],
+                reaches=d.cameras,
+            )
+        except UnknownNode as e:
+            raise UnknownNode(f"{source}: devices.{i}: {e.message}", field=e.field) from None
+        except GraphError as e:
+            raise type(e)(f"{source}: devices.{i}: {e.message}", field=e.field) from None
+    for i, p in enumerate(inst.policies):
+        for ev in p.events:
+            if not g.has(N.EVENT, ev) and not g.has(N.OBJECT, ev):
+                g.add_node(N.EVENT, ev, source=source)
+        try:
+            g.add_policy(
+                Policy(
+                    id=f"{source}-{i + 1}",
+                    zone=p.zone,
+                    events=p.events,
+                    priority=raw["policies"][i]["priority"],
+                )
+            )
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise GraphError(f"{source}: policies.{i}: {err['msg']}", field="policies") from None
+        except GraphError as e:
+            raise type(e)(f"{source}: policies.{i}: {e.message}", field=e.field) from None
+    return g

@@ -1,0 +1,363 @@
+"""Fast placement for city scale: greedy by priority-per-cost with consolidation,
+then large-neighbourhood local search; and the plain baseline of the benchmarks.
+
+Greedy score of a triple (camera c, algorithm a, device d)::
+
+    value of the demands it newly serves (+ churn weight if it was in the previous plan)
+    ---------------------------------------------------------------------------------
+    fps*ms/ms_per_s(d) + wm * mem/mem_mb(d)/k(a,d) [if a is not loaded on d]
+                       + ws / streams(d)          [if c is not decoded on d yet]
+
+where k(a,d) is how many cameras reachable by d could use a (the model memory is
+shared by all of them). Loading a model or decoding a camera on a device makes
+the other placements that share it cheaper (consolidation): they are re-scored.
+Scores otherwise only fall (demands get served, capacity only shrinks), so a lazy
+queue is exact: an entry is re-scored when it reaches the top.
+
+Local search ruins all placements of the cameras one device reaches and repairs
+them greedily with perturbed weights; the result is kept when the lexicographic
+key (served priority minus churn penalty, fewer models, less compute) does not get
+worse.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+
+import numpy as np
+
+from ._problem import Problem
+from ._state import State
+
+_REL = 1e-9
+
+
+class _Index:
+    """Groupings of triples by (algorithm, device) and (camera, device)."""
+
+    def __init__(self, prob: Problem) -> None:
+        nd = max(1, len(prob.dev_ids))
+        t_alg = np.asarray(prob.t_alg, dtype=np.int64)
+        t_cam = np.asarray(prob.t_cam, dtype=np.int64)
+        t_dev = np.asarray(prob.t_dev, dtype=np.int64)
+        self.by_ad = self._group(t_alg * nd + t_dev)
+        self.by_cd = self._group(t_cam * nd + t_dev)
+        self.nd = nd
+        cam_pairs: list[list[int]] = [[] for _ in prob.cam_ids]
+        for p, c in enumerate(prob.pair_cam):
+            cam_pairs[c].append(p)
+        self.cam_pairs = cam_pairs
+        self.dev_cams: list[list[int]] = [
+            [prob.cam_idx[cid] for cid in d.cameras] for d in prob.inst.devices
+        ]
+
+    @staticmethod
+    def _group(keys: np.ndarray) -> dict[int, list[int]]:
+        if len(keys) == 0:
+            return {}
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        cut = np.flatnonzero(np.diff(sk)) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [len(sk)]))
+        ol = order.tolist()
+        return {
+            int(k): ol[s:e]
+            for k, s, e in zip(sk[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
+        }
+
+    def ad(self, a: int, d: int) -> list[int]:
+        return self.by_ad.get(a * self.nd + d, [])
+
+    def cd(self, c: int, d: int) -> list[int]:
+        return self.by_cd.get(c * self.nd + d, [])
+
+
+class Greedy:
+    def __init__(self, state: State, index: _Index) -> None:
+        self.s = state
+        self.ix = index
+        p = state.p
+        self.t_dev = p.t_dev
+        self.t_cam = p.t_cam
+        self.t_alg = p.t_alg
+        self.t_comp = p.t_comp
+        self.t_mem = p.t_mem
+        self.cap_ms = p.cap_ms
+        self.cap_mem = p.cap_mem
+        self.cap_streams = p.cap_streams
+        self.wm = 1.0
+        self.ws = 1.0
+        self.noise = 0.0
+        self.salt = 0.0
+        #: triples added by :meth:`run`, in order (for undoing a local-search move)
+        self.log: list[int] = []
+
+    def score(self, t: int) -> float:
+        s = self.s
+        g = s.gain(t)
+        if g <= 0:
+            return 0.0
+        d = self.t_dev[t]
+        a = self.t_alg[t]
+        cost = self.t_comp[t] / self.cap_ms[d]
+        if a not in s.model_users[d]:
+            k = len(self.ix.ad(a, d)) or 1
+            cost += self.wm * self.t_mem[t] / self.cap_mem[d] / k
+        if s.cam_dev[self.t_cam[t]] != d:
+            cost += self.ws / self.cap_streams[d]
+        sc = g / (cost + 1e-12)
+        if self.noise:
+            # a fixed pseudo-random factor per triple and round keeps scores consistent
+            sc *= 1.0 + self.noise * (((t + 1) * 0.6180339887 + self.salt) % 1.0)
+        return sc
+
+    def initial_scores(self, cand: list[int]) -> tuple[list[int], list[float]]:
+        """Candidates sorted by their current score (only positive ones)."""
+        scored = [(self.score(t), t) for t in cand]
+        scored = [x for x in scored if x[0] > 0]
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        return [t for _, t in scored], [sc for sc, _ in scored]
+
+    def run(self, order: list[int], scores: list[float], heap: list | None = None) -> int:
+        """Greedy over ``order`` (sorted, with upper-bound ``scores``) + a heap of fresh entries."""
+        s = self.s
+        heap = heap if heap is not None else []
+        cam_dev = s.cam_dev
+        cam_algs = s.cam_algs
+        model_users = s.model_users
+        t_dev, t_cam, t_alg = self.t_dev, self.t_cam, self.t_alg
+        ix = self.ix
+        score = self.score
+        i, n = 0, len(order)
+        added = 0
+        while True:
+            if heap and (i >= n or -heap[0][0] >= scores[i]):
+                neg, t = heapq.heappop(heap)
+                sc = -neg
+            elif i < n:
+                t = order[i]
+                sc = scores[i]
+                i += 1
+            else:
+                break
+            c = t_cam[t]
+            d = t_dev[t]
+            cd = cam_dev[c]
+            if cd != -1 and cd != d:
+                continue
+            a = t_alg[t]
+            if a in cam_algs[c]:
+                continue
+            cur = score(t)
+            if cur <= 0:
+                continue
+            if cur < sc * (1 - _REL) - 1e-12:
+                heapq.heappush(heap, (-cur, t))
+                continue
+            if not s.fits(t):
+                continue
+            new_model = a not in model_users[d]
+            s.add(t)
+            self.log.append(t)
+            added += 1
+            if new_model:
+                for t2 in ix.ad(a, d):
+                    if t2 != t and cam_dev[t_cam[t2]] in (-1, d):
+                        s2 = score(t2)
+                        if s2 > 0:
+                            heapq.heappush(heap, (-s2, t2))
+            if cd == -1:
+                for t2 in ix.cd(c, d):
+                    if t2 != t and t_alg[t2] not in cam_algs[c]:
+                        s2 = score(t2)
+                        if s2 > 0:
+                            heapq.heappush(heap, (-s2, t2))
+        return added
+
+
+def _full_initial(prob: Problem, index: _Index, state: State, wm: float, ws: float):
+    """Sorted candidates with empty-state scores (upper bounds), vectorised."""
+    n = prob.n_triples
+    if n == 0:
+        return [], []
+    prio = np.asarray(prob.dem_prio, dtype=np.float64)
+    pair_val = np.zeros(len(prob.pair_cam))
+    lens = np.fromiter((len(x) for x in prob.pair_dems), dtype=np.int64, count=len(prob.pair_dems))
+    flat = np.fromiter(
+        (k for x in prob.pair_dems for k in x), dtype=np.int64, count=int(lens.sum())
+    )
+    owner = np.repeat(np.arange(len(prob.pair_dems)), lens)
+    np.add.at(pair_val, owner, prio[flat])
+    t_pair = np.asarray(prob.t_pair, dtype=np.int64)
+    t_dev = np.asarray(prob.t_dev, dtype=np.int64)
+    t_alg = np.asarray(prob.t_alg, dtype=np.int64)
+    val = pair_val[t_pair]
+    if state.churn_keep:
+        keep = np.fromiter(state.churn_keep, dtype=np.int64)
+        val[keep] += state.churn_weight
+    cap_ms = np.asarray(prob.cap_ms)[t_dev]
+    cap_mem = np.asarray(prob.cap_mem)[t_dev]
+    streams = np.asarray(prob.cap_streams, dtype=np.float64)[t_dev]
+    adkey = t_alg * index.nd + t_dev
+    _, inv, counts = np.unique(adkey, return_inverse=True, return_counts=True)
+    k = counts[inv].astype(np.float64)
+    cost = (
+        np.asarray(prob.t_comp) / cap_ms
+        + wm * np.asarray(prob.t_mem) / cap_mem / k
+        + ws / streams
+        + 1e-12
+    )
+    sc = val / cost
+    order = np.lexsort((np.arange(n), -sc))
+    return order.tolist(), (sc[order] * (1 + 1e-9)).tolist()
+
+
+def _seed(state: State, greedy: Greedy, keep: set[int]) -> list:
+    """Add the still-feasible previous triples; return fresh heap entries they enable."""
+    p = state.p
+    for t in sorted(keep, key=lambda t: (p.t_cam[t], p.t_alg[t])):
+        if state.fits(t) and state.gain(t) > 0:
+            state.add(t)
+    heap: list = []
+    seen: set[int] = set()
+    ix = greedy.ix
+    for t in state.triples():
+        a, d, c = p.t_alg[t], p.t_dev[t], p.t_cam[t]
+        for t2 in ix.ad(a, d) + ix.cd(c, d):
+            if t2 in seen:
+                continue
+            seen.add(t2)
+            s2 = greedy.score(t2)
+            if s2 > 0:
+                heap.append((-s2, t2))
+    heapq.heapify(heap)
+    return heap
+
+
+def greedy_solve(
+    prob: Problem,
+    keep: set[int] | None = None,
+    churn_weight: float = 0.0,
+    wm: float = 1.0,
+    ws: float = 1.0,
+    index: _Index | None = None,
+) -> State:
+    index = index or _Index(prob)
+    state = State(prob, keep, churn_weight)
+    g = Greedy(state, index)
+    g.wm, g.ws = wm, ws
+    heap = _seed(state, g, keep) if keep else []
+    order, scores = _full_initial(prob, index, state, wm, ws)
+    g.run(order, scores, heap)
+    return state
+
+
+def local_search(
+    state: State,
+    index: _Index,
+    deadline: float,
+    seed: int = 0,
+    max_rounds: int | None = None,
+) -> int:
+    """Ruin-and-recreate around devices until ``deadline``; returns improvements kept."""
+    p = state.p
+    rng = random.Random(seed)
+    g = Greedy(state, index)
+    nd = len(p.dev_ids)
+    if nd == 0 or p.n_triples == 0:
+        return 0
+    # Devices whose cameras have servable but unserved demand come first.
+    order = list(range(nd))
+    rng.shuffle(order)
+    improved = 0
+    rounds = 0
+    stale = 0
+    while time.perf_counter() < deadline and stale < 2 * nd:
+        if max_rounds is not None and rounds >= max_rounds:
+            break
+        d = order[rounds % nd]
+        rounds += 1
+        cams = index.dev_cams[d]
+        if not cams:
+            stale += 1
+            continue
+        before = state.key()
+        removed = [t for c in cams for t in state.cam_algs[c].values()]
+        for t in removed:
+            state.remove(t)
+        cand = [t for c in cams for pr in index.cam_pairs[c] for t in p.pair_triples[pr]]
+        g.wm = rng.choice((0.25, 0.5, 1.0, 2.0, 4.0))
+        g.ws = rng.choice((0.25, 0.5, 1.0, 2.0, 4.0))
+        g.noise = rng.choice((0.0, 0.0, 0.1, 0.3))
+        g.salt = rng.random()
+        o, sc = g.initial_scores(cand)
+        g.log = []
+        g.run(o, sc)
+        after = state.key()
+        if after < before:
+            for t in reversed(g.log):
+                state.remove(t)
+            for t in removed:
+                state.add(t)
+            stale += 1
+        elif after > before:
+            improved += 1
+            stale = 0
+        else:
+            stale += 1
+    return improved
+
+
+def heuristic_solve(
+    prob: Problem,
+    keep: set[int] | None = None,
+    churn_weight: float = 0.0,
+    deadline: float | None = None,
+    seed: int = 0,
+    multistart: bool = False,
+) -> State:
+    """Greedy (several weightings when ``multistart``) then local search until ``deadline``."""
+    index = _Index(prob)
+    weights = [(1.0, 1.0)]
+    if multistart:
+        weights += [(0.3, 1.0), (3.0, 1.0), (1.0, 0.3), (1.0, 3.0), (0.0, 0.0)]
+    best: State | None = None
+    for wm, ws in weights:
+        if best is not None and deadline is not None and time.perf_counter() > deadline:
+            break
+        st = greedy_solve(prob, keep, churn_weight, wm, ws, index)
+        if best is None or st.key() > best.key():
+            best = st
+    assert best is not None
+    if deadline is not None:
+        local_search(best, index, deadline, seed)
+    return best
+
+
+def baseline_solve(prob: Problem) -> State:
+    """Demands in priority order, first device that fits, preferring one that already
+    decodes the camera and holds the model."""
+    state = State(prob)
+    dem_pairs: list[list[int]] = [[] for _ in prob.dem_cam]
+    for pr, ks in enumerate(prob.pair_dems):
+        for k in ks:
+            dem_pairs[k].append(pr)
+    order = sorted(range(len(prob.dem_cam)), key=lambda k: (-prob.dem_prio[k], k))
+    t_dev, t_alg = prob.t_dev, prob.t_alg
+    for k in order:
+        if state.cover[k] or not dem_pairs[k]:
+            continue
+        c = prob.dem_cam[k]
+        cd = state.cam_dev[c]
+        cands = [t for pr in dem_pairs[k] for t in prob.pair_triples[pr]]
+        if cd != -1:
+            cands = [t for t in cands if t_dev[t] == cd]
+        cands.sort(key=lambda t: (t_alg[t] not in state.model_users[t_dev[t]], t_dev[t], t))
+        for t in cands:
+            if state.fits(t):
+                state.add(t)
+                break
+    return state

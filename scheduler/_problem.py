@@ -1,0 +1,272 @@
+"""Demand expansion and the compiled, indexed problem every solver works on.
+
+A demand is (camera, event) with the highest priority of the policies that ask
+for it. A *pair* (camera, algorithm) is an algorithm that detects at least one
+demanded event of the camera and whose scenes intersect the camera's scenes;
+one pair may serve several demands. A *triple* (pair, device) is a pair placed on
+a device that reaches the camera, has a cost profile for the device's target and
+fits the empty device on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._models import Instance, Plan
+from ._zones import zone_matches
+
+EPS = 1e-9
+
+REASON_CAPACITY = "capacity: reachable devices have no compute, memory or decode slot left for it"
+
+
+def reason_no_detector(event: str) -> str:
+    return f"no algorithm detects {event}"
+
+
+def expand_demands(inst: Instance) -> dict[tuple[str, str], float]:
+    """(camera id, event) -> priority (the highest of the policies asking for it).
+
+    Order: cameras in instance order, then events in policy order.
+    """
+    by_zone: dict[str, dict[str, float]] = {}
+    for cam in inst.cameras:
+        if cam.zone in by_zone:
+            continue
+        events: dict[str, float] = {}
+        for pol in inst.policies:
+            if zone_matches(pol.zone, cam.zone):
+                for e in pol.events:
+                    if events.get(e, 0.0) < pol.priority:
+                        events[e] = pol.priority
+        by_zone[cam.zone] = events
+    out: dict[tuple[str, str], float] = {}
+    for cam in inst.cameras:
+        for e, p in by_zone[cam.zone].items():
+            out[(cam.id, e)] = p
+    return out
+
+
+@dataclass
+class Problem:
+    inst: Instance
+    cam_ids: list[str]
+    alg_ids: list[str]
+    dev_ids: list[str]
+    cam_idx: dict[str, int]
+    alg_idx: dict[str, int]
+    dev_idx: dict[str, int]
+    # devices
+    cap_ms: list[float]
+    cap_mem: list[float]
+    cap_streams: list[int]
+    # demands
+    dem_cam: list[int]
+    dem_event: list[str]
+    dem_prio: list[float]
+    #: reason a demand can never be served whatever the plan; None if it has a triple
+    dem_reason: list[str | None]
+    dem_key: dict[tuple[int, str], int]
+    cam_dems: list[list[int]]
+    # pairs (camera, algorithm)
+    pair_cam: list[int]
+    pair_alg: list[int]
+    pair_dems: list[list[int]]
+    pair_idx: dict[tuple[int, int], int]
+    # triples (pair, device)
+    t_pair: list[int]
+    t_cam: list[int]
+    t_alg: list[int]
+    t_dev: list[int]
+    t_comp: list[float]
+    t_mem: list[float]
+    t_idx: dict[tuple[int, int, int], int]
+    pair_triples: list[list[int]] = field(default_factory=list)
+    reach: list[list[int]] = field(default_factory=list)
+
+    @property
+    def n_triples(self) -> int:
+        return len(self.t_pair)
+
+    def servable_value(self) -> float:
+        """Sum of priorities of demands some triple could serve: an upper bound."""
+        return sum(p for p, r in zip(self.dem_prio, self.dem_reason, strict=True) if r is None)
+
+    def triple_of(self, camera: str, algorithm: str, device: str) -> int | None:
+        c = self.cam_idx.get(camera)
+        a = self.alg_idx.get(algorithm)
+        d = self.dev_idx.get(device)
+        if c is None or a is None or d is None:
+            return None
+        return self.t_idx.get((c, a, d))
+
+    def previous_triples(self, previous: Plan | None) -> set[int]:
+        """Triples of a previous plan that still exist in this problem."""
+        if previous is None:
+            return set()
+        out: set[int] = set()
+        for asg in previous.assignments:
+            t = self.triple_of(asg.camera, asg.algorithm, asg.device)
+            if t is not None:
+                out.add(t)
+        return out
+
+
+def compile_problem(inst: Instance) -> Problem:
+    cams, algs, devs = inst.cameras, inst.algorithms, inst.devices
+    cam_idx = {c.id: i for i, c in enumerate(cams)}
+    alg_idx = {a.id: i for i, a in enumerate(algs)}
+    dev_idx = {d.id: i for i, d in enumerate(devs)}
+    cap_ms = [d.capacity.ms_per_s for d in devs]
+    cap_mem = [d.capacity.mem_mb for d in devs]
+    cap_streams = [d.capacity.streams for d in devs]
+    targets = [d.target for d in devs]
+
+    reach: list[list[int]] = [[] for _ in cams]
+    for di, d in enumerate(devs):
+        for cid in d.cameras:
+            reach[cam_idx[cid]].append(di)
+
+    algs_by_event: dict[str, list[int]] = {}
+    for ai, a in enumerate(algs):
+        for e in dict.fromkeys(a.detects):
+            algs_by_event.setdefault(e, []).append(ai)
+    alg_scenes = [frozenset(a.scenes) for a in algs]
+
+    demands = expand_demands(inst)
+    dem_cam: list[int] = []
+    dem_event: list[str] = []
+    dem_prio: list[float] = []
+    dem_key: dict[tuple[int, str], int] = {}
+    cam_dems: list[list[int]] = [[] for _ in cams]
+    for (cid, e), p in demands.items():
+        c = cam_idx[cid]
+        k = len(dem_cam)
+        dem_cam.append(c)
+        dem_event.append(e)
+        dem_prio.append(p)
+        dem_key[(c, e)] = k
+        cam_dems[c].append(k)
+    dem_reason: list[str | None] = [None] * len(dem_cam)
+
+    pair_cam: list[int] = []
+    pair_alg: list[int] = []
+    pair_dems: list[list[int]] = []
+    pair_idx: dict[tuple[int, int], int] = {}
+    t_pair: list[int] = []
+    t_cam: list[int] = []
+    t_alg: list[int] = []
+    t_dev: list[int] = []
+    t_comp: list[float] = []
+    t_mem: list[float] = []
+    t_idx: dict[tuple[int, int, int], int] = {}
+    pair_triples: list[list[int]] = []
+
+    # (zone, scenes) -> [(alg, [events])], and per event the scene-less reason
+    cache: dict[tuple[str, frozenset[str]], tuple[list[tuple[int, list[str]]], dict[str, str]]] = {}
+    for c, cam in enumerate(cams):
+        if not cam_dems[c]:
+            continue
+        scenes = frozenset(cam.scenes)
+        key = (cam.zone, scenes)
+        hit = cache.get(key)
+        if hit is None:
+            per_alg: dict[int, list[str]] = {}
+            static: dict[str, str] = {}
+            for k in cam_dems[c]:
+                e = dem_event[k]
+                cand = algs_by_event.get(e)
+                if not cand:
+                    static[e] = reason_no_detector(e)
+                    continue
+                ok = [a for a in cand if alg_scenes[a] & scenes]
+                if not ok:
+                    seen = sorted(scenes) if scenes else "none"
+                    static[e] = (
+                        f"no scene match: no algorithm detecting {e} applies to the camera's "
+                        f"scenes ({', '.join(seen) if scenes else seen})"
+                    )
+                    continue
+                for a in ok:
+                    per_alg.setdefault(a, []).append(e)
+            hit = (sorted(per_alg.items()), static)
+            cache[key] = hit
+        per_alg_list, static = hit
+        for k in cam_dems[c]:
+            r = static.get(dem_event[k])
+            if r is not None:
+                dem_reason[k] = r
+        covered_by_triple: set[int] = set()
+        has_profile: set[int] = set()
+        for a, events in per_alg_list:
+            p = len(pair_cam)
+            pair_cam.append(c)
+            pair_alg.append(a)
+            pair_dems.append([dem_key[(c, e)] for e in events])
+            pair_idx[(c, a)] = p
+            tl: list[int] = []
+            alg = algs[a]
+            for d in reach[c]:
+                prof = alg.cost.get(targets[d])
+                if prof is None:
+                    continue
+                has_profile.update(pair_dems[p])
+                comp = alg.fps * prof.ms_per_frame
+                if comp > cap_ms[d] + EPS or prof.mem_mb > cap_mem[d] + EPS:
+                    continue
+                t = len(t_pair)
+                t_pair.append(p)
+                t_cam.append(c)
+                t_alg.append(a)
+                t_dev.append(d)
+                t_comp.append(comp)
+                t_mem.append(prof.mem_mb)
+                t_idx[(c, a, d)] = t
+                tl.append(t)
+            pair_triples.append(tl)
+            if tl:
+                covered_by_triple.update(pair_dems[p])
+        for k in cam_dems[c]:
+            if dem_reason[k] is not None or k in covered_by_triple:
+                continue
+            if not reach[c]:
+                dem_reason[k] = f"no reachable device: no device reaches {cam.id}"
+            elif k not in has_profile:
+                dem_reason[k] = "no cost profile for any reachable device target"
+            else:
+                dem_reason[k] = (
+                    "capacity: no reachable device can hold an algorithm for "
+                    f"{dem_event[k]} even when empty"
+                )
+
+    return Problem(
+        inst=inst,
+        cam_ids=[c.id for c in cams],
+        alg_ids=[a.id for a in algs],
+        dev_ids=[d.id for d in devs],
+        cam_idx=cam_idx,
+        alg_idx=alg_idx,
+        dev_idx=dev_idx,
+        cap_ms=cap_ms,
+        cap_mem=cap_mem,
+        cap_streams=cap_streams,
+        dem_cam=dem_cam,
+        dem_event=dem_event,
+        dem_prio=dem_prio,
+        dem_reason=dem_reason,
+        dem_key=dem_key,
+        cam_dems=cam_dems,
+        pair_cam=pair_cam,
+        pair_alg=pair_alg,
+        pair_dems=pair_dems,
+        pair_idx=pair_idx,
+        t_pair=t_pair,
+        t_cam=t_cam,
+        t_alg=t_alg,
+        t_dev=t_dev,
+        t_comp=t_comp,
+        t_mem=t_mem,
+        t_idx=t_idx,
+        pair_triples=pair_triples,
+        reach=reach,
+    )

@@ -1,0 +1,124 @@
+"""``solve()``: pick a solver, re-plan against a previous plan, check, return a plan."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+
+from ._check import check_plan
+from ._errors import PlanCheckFailed
+from ._heuristic import baseline_solve, heuristic_solve
+from ._models import Instance, Plan
+from ._problem import compile_problem
+from ._state import State, to_plan
+
+#: ``auto`` runs the exact MILP when the instance has at most this many triples
+AUTO_MILP_MAX_TRIPLES = 30_000
+
+
+class SolverName(str, Enum):
+    AUTO = "auto"
+    MILP = "milp"
+    HEURISTIC = "heuristic"
+    BASELINE = "baseline"
+
+
+def _bound_ok(objective: float, bound: float | None) -> bool:
+    return bound is not None and objective >= bound - 1e-6 * max(1.0, abs(bound))
+
+
+def solve(
+    instance: Instance,
+    *,
+    solver: SolverName | str = SolverName.AUTO,
+    time_limit: float = 10.0,
+    previous: Plan | None = None,
+    churn_weight: float = 1.0,
+    seed: int = 0,
+) -> Plan:
+    """A checked plan for ``instance``.
+
+    ``time_limit`` bounds the search (the MILP's limit, the local search's budget).
+    With ``previous``, every previous assignment that is not kept costs
+    ``churn_weight`` (in priority points): assignments that can stay, stay.
+    ``solver.optimal`` means proven optimal for that (churn-penalised) objective;
+    ``solver.bound`` is an upper bound on the sum of served priorities.
+    Raises :class:`PlanCheckFailed` (never returns) if the plan would violate anything.
+    """
+    t0 = time.perf_counter()
+    solver = SolverName(solver)
+    if time_limit <= 0:
+        raise ValueError("time_limit must be positive")
+    if churn_weight < 0:
+        raise ValueError("churn_weight must not be negative")
+    prob = compile_problem(instance)
+    keep = prob.previous_triples(previous)
+    w = churn_weight if previous is not None else 0.0
+    deadline = t0 + time_limit
+    trivial_bound = prob.servable_value()
+
+    name = solver.value
+    optimal = False
+    bound: float | None = trivial_bound
+    state: State
+    if solver is SolverName.BASELINE:
+        state = baseline_solve(prob)
+        if previous is not None:
+            state = State.from_triples(prob, state.triples(), keep, w)
+    elif solver is SolverName.HEURISTIC:
+        state = heuristic_solve(prob, keep, w, deadline=deadline, seed=seed, multistart=True)
+    else:
+        small = prob.n_triples <= AUTO_MILP_MAX_TRIPLES
+        if solver is SolverName.MILP or small:
+            from ._milp import solve_milp
+
+            heur: State | None = None
+            if solver is SolverName.AUTO:
+                # a quick heuristic first: an incumbent if the MILP runs out of time
+                heur = heuristic_solve(
+                    prob, keep, w, deadline=time.perf_counter() + min(0.5, 0.05 * time_limit),
+                    seed=seed, multistart=True,
+                )  # fmt: skip
+            left = max(0.1, deadline - time.perf_counter())
+            res = solve_milp(prob, left, keep, w)
+            if res.bound is not None:
+                bound = min(trivial_bound, res.bound)
+            cand = None
+            if res.triples is not None:
+                cand = State(prob, keep, w)
+                for t in res.triples:
+                    if cand.fits(t):
+                        cand.add(t)
+            if cand is None and heur is None:
+                heur = heuristic_solve(prob, keep, w, deadline=deadline, seed=seed)
+                name = "heuristic (milp found no solution)"
+            if cand is not None and (heur is None or cand.key() >= heur.key()):
+                state = cand
+                name = "milp" if solver is SolverName.MILP else "auto/milp"
+                optimal = res.optimal
+            else:
+                assert heur is not None
+                state = heur
+                name = name if name.startswith("heuristic") else f"{solver.value}/heuristic"
+                optimal = res.optimal and _bound_ok(state.value, bound) and not keep
+        else:
+            state = heuristic_solve(prob, keep, w, deadline=deadline, seed=seed)
+            name = "auto/heuristic"
+    if not optimal and not keep and _bound_ok(state.value, bound):
+        optimal = True  # the served priorities meet an upper bound
+    plan = to_plan(state, name, time.perf_counter() - t0, optimal, bound)
+    violations = check_plan(instance, plan)
+    if violations:
+        raise PlanCheckFailed(
+            f"solver {name} produced an invalid plan: {violations[0]}"
+            + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""),
+            violations,
+        )
+    return plan
+
+
+def churn(previous: Plan, plan: Plan) -> tuple[int, int]:
+    """(previous assignments not kept, new assignments) between two plans."""
+    old = {(a.camera, a.algorithm, a.device) for a in previous.assignments}
+    new = {(a.camera, a.algorithm, a.device) for a in plan.assignments}
+    return len(old - new), len(new - old)

@@ -1,0 +1,70 @@
+"""Zone paths and zone globs.
+
+A zone is a slash path such as ``longhua/street-12`` (non-empty segments, no
+leading or trailing ``/``, no ``.`` or ``..`` segment). Because the hierarchy is
+the path itself (``longhua/street-12`` is inside ``longhua``), it cannot contain
+a cycle.
+
+A policy's zone is a glob matched segment by segment with :func:`fnmatch.fnmatchcase`:
+
+- ``*``, ``?`` and ``[...]`` match within ONE segment and never across ``/``
+  (``longhua/*`` matches ``longhua/street-12``, ``*`` alone matches ``longhua``);
+- a whole segment ``**`` matches any number of segments, zero included
+  (``**/street-*`` matches ``longhua/street-12`` and ``a/b/street-1``);
+- a glob that matches a zone also covers every zone inside it: ``longhua`` covers
+  ``longhua/street-12``, and ``longhua/*`` covers ``longhua/street-12/north``.
+
+Matching is case-sensitive.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+
+def zone_path_error(zone: str) -> str | None:
+    """Why ``zone`` is not a valid zone path, or ``None``."""
+    if not zone:
+        return "zone path is empty"
+    if zone.startswith("/") or zone.endswith("/"):
+        return f"zone path {zone!r} must not start or end with '/'"
+    for seg in zone.split("/"):
+        if not seg:
+            return f"zone path {zone!r} has an empty segment"
+        if seg in (".", ".."):
+            return f"zone path {zone!r} has a '{seg}' segment"
+        if any(ch in seg for ch in "*?[]"):
+            return f"zone path {zone!r} contains a glob character"
+    return None
+
+
+def zone_glob_error(glob: str) -> str | None:
+    """Why ``glob`` is not a valid zone glob, or ``None``."""
+    if not glob:
+        return "zone glob is empty"
+    if glob.startswith("/") or glob.endswith("/"):
+        return f"zone glob {glob!r} must not start or end with '/'"
+    if any(not seg for seg in glob.split("/")):
+        return f"zone glob {glob!r} has an empty segment"
+    return None
+
+
+def _match(p: tuple[str, ...], z: tuple[str, ...], i: int, j: int) -> bool:
+    if i == len(p):
+        return True  # matched ``z[:j]``: an ancestor of (or) the zone
+    seg = p[i]
+    if seg == "**":
+        return any(_match(p, z, i + 1, k) for k in range(j, len(z) + 1))
+    if j == len(z):
+        return False
+    return fnmatchcase(z[j], seg) and _match(p, z, i + 1, j + 1)
+
+
+@lru_cache(maxsize=65536)
+def zone_matches(glob: str, zone: str) -> bool:
+    """Whether the policy glob covers ``zone`` (see the module docstring)."""
+    p = tuple(glob.split("/"))
+    if all(seg == "**" for seg in p):
+        return True
+    return _match(p, tuple(zone.split("/")), 0, 0)
