@@ -24,6 +24,9 @@ Exception tree::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from ._builder import BuiltPackage, build_package
 from ._errors import (
     DowngradeRefused,
@@ -59,13 +62,21 @@ from ._rollout import (
 )
 from ._store import AlgorithmStore, VersionInfo, verify_archive
 
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
-def make_router(*args, **kwargs):  # noqa: ANN002, ANN003
-    """FastAPI router of the store (see :func:`algorithm_store._http.make_router`).
-    Imported lazily so the store is usable without FastAPI installed."""
+
+def make_router(
+    store: AlgorithmStore, *, require_operator: Callable[..., Any] | None = None
+) -> APIRouter:
+    """The store's FastAPI ``APIRouter`` (mounted under ``/api/v1/store`` by the
+    API): algorithms, versions, rollouts, guarded promote/rollback/rollout
+    routes (``require_operator`` is a FastAPI dependency) and resumable
+    ``GET /artifacts/{sha256}``. FastAPI is imported only when this is called,
+    so the rest of the store works without it."""
     from ._http import make_router as _make_router
 
-    return _make_router(*args, **kwargs)
+    return _make_router(store, require_operator=require_operator)
 
 
 def __getattr__(name: str):  # lazy: paho only when MQTT is used

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +46,9 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return u.hostname, u.port or (8883 if tls else 1883), tls
 
 
-def connect(url: str, *, client_id: str | None = None, timeout: float = 10.0) -> mqtt.Client:
+def connect(
+    url: str, *, client_id: str | None = None, timeout: float = 10.0, max_inflight: int = 200
+) -> mqtt.Client:
     """A connected MQTT v5 client with its network loop running."""
     host, port, tls = parse_broker_url(url)
     client = mqtt.Client(
@@ -57,12 +61,15 @@ def connect(url: str, *, client_id: str | None = None, timeout: float = 10.0) ->
         client.username_pw_set(u.username, u.password)
     if tls:
         client.tls_set()
+    client.max_inflight_messages_set(max_inflight)
     connected = threading.Event()
     client.on_connect = lambda c, ud, flags, rc, props=None: connected.set()
     try:
         client.connect(host, port, keepalive=30)
     except OSError as e:
         raise StoreError(f"cannot reach the broker at {url}: {e}", field="mqtt_url") from None
+    with contextlib.suppress(OSError, AttributeError):  # small requests/acks must not wait (Nagle)
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.loop_start()
     if not connected.wait(timeout):
         client.loop_stop()
@@ -129,6 +136,7 @@ class ChunkService:
         self.client: mqtt.Client | None = None if self._url else client_or_url  # type: ignore[assignment]
         self.stats = ChunkStats()
         self._fds: dict[str, int] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self._fd_lock = threading.Lock()
         self.subscribed = threading.Event()
 
@@ -138,8 +146,6 @@ class ChunkService:
         if self.client is None:
             assert self._url is not None
             self.client = connect(self._url, client_id=f"cb-store-chunks-{uuid.uuid4().hex[:6]}")
-        self.client.max_inflight_messages_set(1000)
-        self.client.max_queued_messages_set(0)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a, **k: self.subscribed.set()
         self.client.on_connect = lambda c, *a, **k: self._subscribe()
@@ -177,6 +183,18 @@ class ChunkService:
                 fd = os.open(path, os.O_RDONLY)
                 self._fds[sha] = fd
         return fd, size
+
+    def _chunk_hash(self, sha: str, offset: int, data: bytes) -> str:
+        """sha256 of a chunk; artifacts are immutable, so the hashes of chunks
+        many devices ask for (a fleet fetching one release) are remembered."""
+        key = (sha, offset, len(data))
+        hit = self._hashes.get(key)
+        if hit is None:
+            hit = hashlib.sha256(data).hexdigest()
+            if len(self._hashes) >= 65536:
+                self._hashes.pop(next(iter(self._hashes)))
+            self._hashes[key] = hit
+        return hit
 
     def _reject(self, why: str) -> None:
         self.stats.add(rejected=1)
@@ -275,7 +293,7 @@ class ChunkService:
             offset=req.offset,
             length=len(data),
             total=total,
-            chunk_sha256=hashlib.sha256(data).hexdigest(),
+            chunk_sha256=self._chunk_hash(req.sha256, req.offset, data),
         )
         self._reply(expected, corr, header, data)
         self.stats.add(served=1, bytes_sent=len(data))

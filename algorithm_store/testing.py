@@ -94,3 +94,56 @@ def tiny_package_kwargs(**over: Any) -> dict[str, Any]:
     }
     kw.update(over)
     return kw
+
+
+def repack(
+    archive: Path | str,
+    dest: Path | str,
+    mutate: Any = None,
+    *,
+    resign_key: Any = None,
+    rehash: bool = False,
+    manifest_update: dict[str, Any] | None = None,
+) -> Path:
+    """Unpack ``archive``, let ``mutate(dir)`` change files, optionally update
+    the manifest, re-hash every file and re-sign with ``resign_key``, and pack
+    it to ``dest``. Builds the hostile packages the refusal tests need."""
+    import json
+    import tempfile
+
+    from edge_agent.protocol import (
+        MANIFEST_NAME,
+        FileEntry,
+        Manifest,
+        extract_package_archive,
+        sha256_file,
+        write_package_archive,
+    )
+
+    from ._keys import sign_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "pkg"
+        extract_package_archive(Path(archive), root)
+        if mutate is not None:
+            mutate(root)
+        mpath = root / MANIFEST_NAME
+        data = json.loads(mpath.read_text())
+        if manifest_update:
+            data.update(manifest_update)
+        if rehash:
+            data["files"] = {
+                p.relative_to(root).as_posix(): FileEntry(
+                    sha256=sha256_file(p), size=p.stat().st_size
+                ).model_dump()
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != MANIFEST_NAME
+            }
+        if resign_key is not None:
+            m = Manifest.model_validate({**data, "signature": None})
+            data = json.loads(sign_manifest(m, resign_key).model_dump_json(by_alias=True))
+        mpath.write_text(json.dumps(data))
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_package_archive(root, dest)
+    return dest

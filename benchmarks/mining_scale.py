@@ -70,6 +70,8 @@ def child(path: str, n: int, strategy: str, budget: int) -> None:
     x = np.memmap(path, dtype=np.float32, mode="r", shape=(n, DIM))
     rare = np.load(Path(path).with_suffix(".rare.npy"))
     rng = np.random.default_rng(1)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = ru0.ru_utime + ru0.ru_stime
     t0 = time.perf_counter()
     score_s = 0.0
     if strategy == "kcenter":
@@ -92,7 +94,9 @@ def child(path: str, n: int, strategy: str, budget: int) -> None:
         raise SystemExit(f"unknown strategy {strategy}")
     secs = time.perf_counter() - t0
     assert len(np.unique(sel.indices)) == budget
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = ru.ru_maxrss / 1024
+    cpu = ru.ru_utime + ru.ru_stime - cpu0
     found = int(np.isin(sel.indices, rare).sum())
     print(
         json.dumps(
@@ -100,6 +104,7 @@ def child(path: str, n: int, strategy: str, budget: int) -> None:
                 "n": n,
                 "strategy": strategy,
                 "seconds": secs,
+                "cpu_seconds": cpu,
                 "scoring_seconds": score_s,
                 "peak_mb": peak_mb,
                 "rare_in_pool": int(rare.size),
@@ -122,34 +127,51 @@ def main() -> None:
         return
     sizes = [int(s) for s in a.sizes.split(",")]
     strategies = a.strategies.split(",")
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads),
-               MKL_NUM_THREADS=str(a.threads), PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(a.threads),
+        OPENBLAS_NUM_THREADS=str(a.threads),
+        MKL_NUM_THREADS=str(a.threads),
+        PYTHONPATH=str(REPO),
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="mining_scale_") as tmp:
         for n in sizes:
             path = Path(tmp) / f"pool_{n}.f32"
             t = time.perf_counter()
             generate(path, n)
-            print(f"generated {n:,} x {DIM} float32 ({n * DIM * 4 / 1e9:.2f} GB) in "
-                  f"{time.perf_counter() - t:.1f}s", flush=True)
+            print(
+                f"generated {n:,} x {DIM} float32 ({n * DIM * 4 / 1e9:.2f} GB) in "
+                f"{time.perf_counter() - t:.1f}s",
+                flush=True,
+            )
             for s in strategies:
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", str(path), str(n), s, str(a.budget)],
-                    env=env, capture_output=True, text=True, check=False,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 if out.returncode != 0:
                     print(out.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"child {n} {s} failed")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.append(r)
-                print(f"  N={n:>10,}  {s:<10} {r['seconds']:7.2f} s  (scoring "
-                      f"{r['scoring_seconds']:.2f} s)  peak {r['peak_mb']:7.0f} MB  "
-                      f"rare found {r['rare_found']}/{r['rare_in_pool']}", flush=True)
+                print(
+                    f"  N={n:>10,}  {s:<10} {r['seconds']:7.2f} s  (scoring "
+                    f"{r['scoring_seconds']:.2f} s, CPU {r['cpu_seconds']:.1f} s)  peak {r['peak_mb']:7.0f} MB  "
+                    f"rare found {r['rare_found']}/{r['rare_in_pool']}",
+                    flush=True,
+                )
             path.unlink()
     print()
     print(f"budget {a.budget}, dim {DIM}, {a.threads} threads")
-    print(f"{'strategy':<10} " + " ".join(f"{'N=' + format(n, ','):>16}" for n in sizes)
-          + f" {'N=10,000,000 (extrap.)':>24}  growth")
+    print(
+        f"{'strategy':<10} "
+        + " ".join(f"{'N=' + format(n, ','):>16}" for n in sizes)
+        + f" {'N=10,000,000 (extrap.)':>24}  growth"
+    )
     for s in strategies:
         rs = [r for r in results if r["strategy"] == s]
         cells = " ".join(f"{r['seconds']:>8.1f}s {r['peak_mb']:>5.0f}MB" for r in rs)
@@ -157,8 +179,10 @@ def main() -> None:
         extrap = big["seconds"] * 1e7 / big["n"]
         growth = ""
         if len(rs) >= 2:
-            growth = (f"x{rs[-1]['seconds'] / rs[0]['seconds']:.1f} time for "
-                      f"x{rs[-1]['n'] / rs[0]['n']:.0f} pool")
+            growth = (
+                f"x{rs[-1]['seconds'] / rs[0]['seconds']:.1f} time for "
+                f"x{rs[-1]['n'] / rs[0]['n']:.0f} pool"
+            )
         print(f"{s:<10} {cells} {extrap:>22.0f}s  {growth}")
 
 

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent._cache import ArtifactCache
 from edge_agent._config import AgentConfig
-from edge_agent._errors import EdgeError, Superseded
+from edge_agent._errors import EdgeError, ModelLoadError, Superseded
 from edge_agent._events import EventTracker
 from edge_agent._fetch import ChunkFetcher, HttpFetcher, PackageFetcher
 from edge_agent._fetch import _disk_error as disk_error
@@ -345,8 +345,18 @@ class Agent:
                 pinned.append(key[2])
                 try:
                     prepared[key] = self._prepare(key, a)
+                except Superseded:
+                    raise
                 except (EdgeError, ProtocolError) as e:
-                    raise type(e)(f"stream {a.stream}: {a.algorithm} {a.version}: {e}") from None
+                    if isinstance(e, ModelLoadError):
+                        # verified bytes, but a model that cannot run here: do not keep it
+                        self.cache.unpin(key[2])
+                        pinned.remove(key[2])
+                        with contextlib.suppress(EdgeError):
+                            self.cache.remove(key[2])
+                    what = f"{a.algorithm} {a.version}"
+                    msg = str(e) if str(e).startswith(what) else f"{what}: {e}"
+                    raise type(e)(f"stream {a.stream}: {msg}") from None
             if self._superseded():
                 raise Superseded("newer revision before switch")
         except BaseException:
@@ -513,6 +523,18 @@ class Agent:
     # -- reporting ---------------------------------------------------------
     def reported(self) -> ReportedState:
         with self._lock:
+            error = self.last_error
+            cur = self.current
+            if error is None and cur is not None and cur.expires_at is not None:
+                expires = cur.expires_at
+                if expires.tzinfo is None:
+                    expires = expires.replace(tzinfo=UTC)
+                if datetime.now(UTC) > expires:
+                    # keep running the last good models, but say the orders are old
+                    error = (
+                        f"stale: desired revision {cur.revision} expired at "
+                        f"{cur.expires_at.isoformat()}"
+                    )
             return ReportedState(
                 device=self.device,
                 applied_revision=self.applied_revision,
@@ -523,7 +545,7 @@ class Agent:
                     for k, r in self.models.items()
                 ],
                 streams=[w.health() for w in self.streams.values()],
-                last_error=self.last_error,
+                last_error=error,
                 rejected=self.stats.get("rejected"),
             )
 

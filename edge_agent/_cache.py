@@ -98,6 +98,13 @@ class ArtifactCache:
                     f"{for_what} needs {needed} bytes, more than the cache limit "
                     f"({self.max_bytes} bytes, cache_max_bytes)"
                 )
+            held = sum(e["size"] for k, e in self._index.items() if k in self._pins)
+            if held + needed > self.max_bytes:
+                # fail before evicting anything: nothing is lost for nothing
+                raise CacheFull(
+                    f"{for_what} needs {needed} bytes; cache limit {self.max_bytes}, "
+                    f"{int(held)} held by models in use (cache_max_bytes)"
+                )
             evicted: list[str] = []
             victims = sorted(
                 (k for k in self._index if k not in self._pins),
@@ -107,11 +114,6 @@ class ArtifactCache:
                 victim = victims.pop(0)
                 self._remove(victim)
                 evicted.append(victim)
-            if self.used_bytes() + needed > self.max_bytes:
-                raise CacheFull(
-                    f"{for_what} needs {needed} bytes; cache limit {self.max_bytes}, "
-                    f"{self.used_bytes()} held by models in use (cache_max_bytes)"
-                )
             return evicted
 
     def add(self, sha256: str, staged_dir: Path) -> Path:

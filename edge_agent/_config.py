@@ -232,11 +232,15 @@ def parse_public_key(path: Path) -> bytes:
         if not isinstance(key, Ed25519PublicKey):
             raise ConfigError(f"store_public_key: {path}: not an ed25519 key")
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    for decode in (bytes.fromhex, lambda s: base64.b64decode(s, validate=True)):
-        try:
-            raw = decode(text.decode() if decode is bytes.fromhex else text)
-        except (ValueError, UnicodeDecodeError):
-            continue
+    try:
+        candidates = [bytes.fromhex(text.decode())]
+    except (ValueError, UnicodeDecodeError):
+        candidates = []
+    try:
+        candidates.append(base64.b64decode(text, validate=True))
+    except ValueError:
+        pass
+    for raw in candidates:
         if len(raw) == 32:
             return raw
     raise ConfigError(f"store_public_key: {path}: not an ed25519 public key (PEM, raw, hex, b64)")

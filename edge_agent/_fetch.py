@@ -9,6 +9,7 @@ restarted agent truncates the partial file to that offset and goes on from there
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -324,15 +325,21 @@ class HttpFetcher:
                         raise _disk_error(e, "writing download") from None
                     self.stats.inc("bytes_fetched", len(data))
                     have += len(data)
-                    if have - last_save >= 4 * self.block or have >= ref.size:
+                    if have - last_save >= 4 * self.block:
                         f.flush()
                         os.fsync(f.fileno())
                         part.save(have, etag)
                         last_save = have
                         progress(have, ref.size)
-                if resp.read(1):
+                if have == ref.size and resp.read(1):
                     raise ArtifactMismatch(f"artifact {ref.sha256[:12]}: larger than {ref.size}")
             finally:
+                # what reached the disk is kept for the next attempt (Range resume);
+                # the whole-archive sha256 decides whether it is any good
+                with contextlib.suppress(OSError):
+                    f.flush()
+                    os.fsync(f.fileno())
+                    part.save(have, etag)
                 f.close()
         if have != ref.size:
             raise FetchError(f"artifact {ref.sha256[:12]}: connection ended at {have}/{ref.size}")

@@ -62,6 +62,7 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x2 = np.minimum(box[2], boxes[:, 2])
     y2 = np.minimum(box[3], boxes[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
     def area(b: np.ndarray) -> np.ndarray:
         return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
 

@@ -39,6 +39,7 @@ from knowledge_graph._instance import (
     EXCLUSIONS_EXTENSION,
     INSTANCE_SCHEMA,
     PINS_EXTENSION,
+    export_extensions,
     export_instance,
     import_instance,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "Weekday",
     "ZoneCycle",
     "explain",
+    "export_extensions",
     "export_instance",
     "import_instance",
     "load",

@@ -29,7 +29,8 @@ class Reason(str, enum.Enum):
     NO_COST_PROFILE = "no_cost_profile"  # no cost profile for any reachable device's target
     APPLICABLE = "applicable"  # all of the above pass (no placement given)
     PLACED = "placed"  # the placement runs it on this camera
-    CAPACITY = "capacity"  # the placement left its demands unserved (the plan's reason)
+    CAPACITY = "capacity"  # the placement left its demands unserved for lack of capacity
+    UNSERVED = "unserved"  # the placement left them unserved for another reason it gives
     SERVED_BY_OTHER = "served_by_other"  # the placement serves those demands with others
     NOT_PLACED = "not_placed"  # the placement does not run it and says nothing more
 
@@ -132,9 +133,9 @@ def explain(
     out.pinned_by = [
         p.id for p in active if any(x.camera == camera and x.algorithm == algorithm for x in p.pins)
     ]
-    matches = [a for a in graph.applicable(camera) if a.algorithm == algorithm]
-    if matches:
-        out.justifications = [j.to_dict() for j in matches[0].justifications]
+    match = graph.applicable_to(camera, algorithm)
+    if match is not None:
+        out.justifications = [j.to_dict() for j in match.justifications]
     pinned = bool(out.pinned_by)
 
     def done(reason: Reason, sentence: str) -> Explanation:
@@ -142,7 +143,7 @@ def explain(
         out.sentence = sentence
         return out
 
-    if not matches and not pinned:
+    if match is None and not pinned:
         return done(
             Reason.NO_SCENE_MATCH,
             f"{algorithm} is not applicable to {camera}: the camera sees "
@@ -205,8 +206,8 @@ def explain(
     )
     if placement is None:
         path = ""
-        if out.justifications:
-            j = matches[0].justifications[0]
+        if match is not None:
+            j = match.justifications[0]
             path = f" ({j.sentence()})"
         return done(
             Reason.APPLICABLE,
@@ -223,6 +224,15 @@ def explain(
         if row.camera == camera and row.algorithm == algorithm:
             out.placed = True
             out.device = row.device
+            if row.device in dev_excl:
+                out.excluded_by = dev_excl[row.device]
+                out.applicable = False
+                return done(
+                    Reason.EXCLUDED,
+                    f"the placement runs {algorithm} on {camera} on device {row.device}, "
+                    f"which policy {_names(dev_excl[row.device])} excludes (the solver was "
+                    "not given the exclusion).",
+                )
             return done(
                 Reason.PLACED,
                 f"{algorithm} runs on {camera} on device {row.device}; {why}.",
@@ -232,8 +242,9 @@ def explain(
     if unserved:
         out.unserved = [r.model_dump(exclude_none=True) for r in unserved]
         reasons = "; ".join(f"{r.event}: {r.reason or 'no reason given'}" for r in unserved)
+        capacity = any((r.reason or "").lower().startswith("capacity") for r in unserved)
         return done(
-            Reason.CAPACITY,
+            Reason.CAPACITY if capacity else Reason.UNSERVED,
             f"{algorithm} is applicable to {camera} but the placement leaves its demands "
             f"unserved ({reasons}).",
         )

@@ -4,6 +4,7 @@ not traversals."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,14 +47,26 @@ SceneClassifier = Callable[[Sequence[Any]], Mapping[str, float]]
 NodeRef = str | tuple[NodeType, str]
 
 
+_PREFIX = {t: t.value + ":" for t in NodeType}
+_NTYPE = {t.value: t for t in NodeType}
+_ETYPE = {e.value: e for e in EdgeType}
+_EKEY = {e: e.value for e in EdgeType}
+_ALL_TYPES = frozenset(NodeType)
+#: every allowed (edge type, source type, destination type)
+_ALLOWED = {(e, a, b) for e, (srcs, dsts) in EDGE_RULES.items() for a in srcs for b in dsts}
+
+
 def node_key(ntype: NodeType, node_id: str) -> str:
     """The networkx key of a node: ``"<type>:<id>"`` (ids are unique per type)."""
-    return f"{ntype.value}:{node_id}"
+    return _PREFIX[ntype] + node_id
 
 
 def split_key(key: str) -> tuple[NodeType, str]:
     t, _, i = key.partition(":")
-    return NodeType(t), i
+    try:
+        return _NTYPE[t], i
+    except KeyError:
+        raise GraphError(f"node key {key!r} has an unknown type {t!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +127,39 @@ class Justification:
 
 @dataclass(frozen=True, slots=True)
 class Applicable:
-    """An algorithm applicable to a camera, with every path that justifies it."""
+    """An algorithm applicable to a camera, with every path that justifies it.
 
+    ``hits`` are the raw (scene link, event or ``None``) pairs found by the index
+    lookups; :attr:`justifications` turns them into :class:`Justification` objects on
+    demand (so that a query returning hundreds of algorithms stays cheap)."""
+
+    camera: str
     algorithm: str
     version: str
-    justifications: tuple[Justification, ...]
+    hits: tuple[tuple[SceneLink, str | None], ...]
+
+    @property
+    def justifications(self) -> tuple[Justification, ...]:
+        return tuple(
+            Justification(
+                self.camera,
+                link.scene,
+                ev,
+                self.algorithm,
+                link.source,
+                link.confidence,
+                link.confirmed,
+            )
+            for link, ev in self.hits
+        )
 
     @property
     def scenes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(j.scene for j in self.justifications))
+        return tuple(dict.fromkeys(link.scene for link, _ in self.hits))
 
     @property
     def events(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(j.event for j in self.justifications if j.event))
+        return tuple(dict.fromkeys(ev for _, ev in self.hits if ev))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,7 +258,8 @@ class CityGraph:
 
     def add_node(self, ntype: NodeType, node_id: str, **attrs: Any) -> None:
         """Add a node; an id already used by a node of the same type is an error."""
-        ntype = NodeType(ntype)
+        if ntype.__class__ is not NodeType:
+            ntype = NodeType(ntype)
         check_node_id(ntype, node_id)
         if node_id in self._by_type[ntype]:
             raise DuplicateNode(f"{ntype.value} {node_id!r} already exists", field=ntype.value)
@@ -304,12 +338,8 @@ class CityGraph:
         allows) or ``(NodeType, id)`` pairs (checked against the edge type)."""
         etype = EdgeType(etype)
         srcs, dsts = EDGE_RULES[etype]
-        st = self._resolve(
-            src, srcs if not isinstance(src, tuple) else frozenset(NodeType), "source"
-        )
-        dt = self._resolve(
-            dst, dsts if not isinstance(dst, tuple) else frozenset(NodeType), "target"
-        )
+        st = self._resolve(src, srcs if not isinstance(src, tuple) else _ALL_TYPES, "source")
+        dt = self._resolve(dst, dsts if not isinstance(dst, tuple) else _ALL_TYPES, "target")
         check_edge_types(etype, st, dt)
         s_id = src[1] if isinstance(src, tuple) else src
         d_id = dst[1] if isinstance(dst, tuple) else dst
@@ -342,12 +372,27 @@ class CityGraph:
             attrs = self._scene_attrs(attrs)
         elif etype is E.RUNS_ON:
             attrs = self._cost_attrs(s, d, attrs)
-        existing = self.g.get_edge_data(u, v, key=etype.value)
+        k = _EKEY[etype]
+        existing = self.g._succ[u].get(v, {}).get(k)
         if existing is not None:
             existing.update(attrs)
         else:
-            self.g.add_edge(u, v, key=etype.value, **attrs)
-        self._index_add(etype, s, d, self.g.edges[u, v, etype.value])
+            self.g.add_edge(u, v, key=k, **attrs)
+            existing = self.g._succ[u][v][k]
+        self._index_add(etype, s, d, existing)
+
+    def _load_edge(
+        self, etype: EdgeType, st: NodeType, s: str, dt: NodeType, d: str, attrs: dict[str, Any]
+    ) -> None:
+        """Add an edge read from storage: existence and type rules checked, no lookups
+        by bare id."""
+        if s not in self._by_type[st]:
+            raise UnknownNode(f"edge {etype.value} names unknown {st.value} {s!r}", field="source")
+        if d not in self._by_type[dt]:
+            raise UnknownNode(f"edge {etype.value} names unknown {dt.value} {d!r}", field="target")
+        if (etype, st, dt) not in _ALLOWED:
+            check_edge_types(etype, st, dt)
+        self._add_edge_typed(etype, st, s, dt, d, attrs)
 
     def remove_edge(self, etype: EdgeType, src: NodeRef, dst: NodeRef) -> None:
         etype = EdgeType(etype)
@@ -404,13 +449,12 @@ class CityGraph:
     def _cost_attrs(algo: str, target: str, attrs: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in ("ms_per_frame", "mem_mb"):
-            try:
-                val = float(attrs[name])
-            except (KeyError, TypeError, ValueError):
+            val = attrs.get(name)
+            if isinstance(val, bool) or not isinstance(val, int | float):
                 raise InvalidEdge(
                     f"cost of {algo!r} on {target!r} needs a number {name}", field=name
-                ) from None
-            if not val > 0:
+                )
+            if not (val > 0 and math.isfinite(val)):
                 raise InvalidEdge(
                     f"cost of {algo!r} on {target!r}: {name} must be > 0, got {val}", field=name
                 )
@@ -850,7 +894,7 @@ class CityGraph:
         except ValueError as e:
             raise GraphError(f"algorithm {algorithm!r}: {e}", field="version") from None
         detects, scenes = list(dict.fromkeys(detects)), list(dict.fromkeys(scenes))
-        if not isinstance(fps, int | float) or not fps > 0:
+        if not isinstance(fps, int | float) or not (fps > 0 and math.isfinite(fps)):
             raise GraphError(f"algorithm {algorithm!r}: fps must be > 0, got {fps!r}", field="fps")
         for t, c in cost.items():
             check_id(t, "target id")
@@ -963,7 +1007,7 @@ class CityGraph:
         if camera not in self._by_type[N.CAMERA]:
             raise UnknownNode(f"unknown camera {camera!r}", field="camera")
         th = self.scene_threshold
-        found: dict[str, list[Justification]] = {}
+        found: dict[str, list[tuple[SceneLink, str | None]]] = {}
         scene_algos, algo_detects, scene_events = (
             self._scene_algos,
             self._algo_detects,
@@ -974,31 +1018,63 @@ class CityGraph:
                 continue
             events_here = scene_events.get(scene, {})
             for algo in scene_algos.get(scene, ()):
-                paths = found.setdefault(algo, [])
-                matched = False
+                hits = found.get(algo)
+                if hits is None:
+                    hits = found[algo] = []
+                n = len(hits)
                 for ev in algo_detects.get(algo, ()):
                     if ev in events_here:
-                        matched = True
-                        paths.append(
-                            Justification(
-                                camera,
-                                scene,
-                                ev,
-                                algo,
-                                link.source,
-                                link.confidence,
-                                link.confirmed,
-                            )
-                        )
-                if not matched:
-                    paths.append(
-                        Justification(
-                            camera, scene, None, algo, link.source, link.confidence, link.confirmed
-                        )
-                    )
-        nodes = self.g.nodes
+                        hits.append((link, ev))
+                if len(hits) == n:
+                    hits.append((link, None))
+        nodes = self.g._node
         return [
-            Applicable(a, nodes["algorithm:" + a]["version"], tuple(js)) for a, js in found.items()
+            Applicable(camera, a, nodes["algorithm:" + a]["version"], tuple(h))
+            for a, h in found.items()
+        ]
+
+    def applicable_to(self, camera: str, algorithm: str) -> Applicable | None:
+        """:meth:`applicable` for one algorithm (``None`` when it is not applicable)."""
+        self._need(N.CAMERA, camera)
+        self._need(N.ALGORITHM, algorithm)
+        th = self.scene_threshold
+        detects = self._algo_detects.get(algorithm, {})
+        hits: list[tuple[SceneLink, str | None]] = []
+        for scene, link in self._camera_scenes.get(camera, {}).items():
+            if not link.effective(th) or algorithm not in self._scene_algos.get(scene, ()):
+                continue
+            events_here = self._scene_events.get(scene, {})
+            n = len(hits)
+            hits.extend((link, ev) for ev in detects if ev in events_here)
+            if len(hits) == n:
+                hits.append((link, None))
+        if not hits:
+            return None
+        version = self.g._node[node_key(N.ALGORITHM, algorithm)]["version"]
+        return Applicable(camera, algorithm, version, tuple(hits))
+
+    def zone_view(self, zone: str) -> list[dict[str, Any]]:
+        """The cameras under a zone with their scene links, devices and applicable
+        algorithms (for a console's zone view)."""
+        return [
+            {
+                "camera": c,
+                "zone": self._camera_zone.get(c),
+                "scenes": [
+                    {
+                        "scene": link.scene,
+                        "source": link.source,
+                        "confidence": link.confidence,
+                        "confirmed": link.confirmed,
+                        "rejected": link.rejected,
+                        "counts": link.effective(self.scene_threshold),
+                    }
+                    for link in self._camera_scenes.get(c, {}).values()
+                ],
+                "devices": list(self._camera_devices.get(c, ())),
+                "algorithms": [a.algorithm for a in self.applicable(c)],
+            }
+            for c in self.cameras_in_zone(zone)
         ]
 
     def applicable_bruteforce(self, camera: str) -> dict[str, set[tuple[str, str | None]]]:
@@ -1156,7 +1232,11 @@ def _link_attrs(link: SceneLink) -> dict[str, Any]:
 
 def _capacity(device: str, ms_per_s: float, mem_mb: float, streams: int) -> dict[str, Any]:
     for name, val in (("ms_per_s", ms_per_s), ("mem_mb", mem_mb)):
-        if isinstance(val, bool) or not isinstance(val, int | float) or not val > 0:
+        if (
+            isinstance(val, bool)
+            or not isinstance(val, int | float)
+            or not (val > 0 and math.isfinite(val))
+        ):
             raise GraphError(
                 f"device {device!r}: capacity {name} must be a number > 0, got {val!r}",
                 field=name,

@@ -1,18 +1,21 @@
 """The graph as a ``citybrain.schedule-instance/1`` document (see
 ``../shared/schemas/README.md``), and back.
 
-Pins and exclusions are not part of that format. When active policies carry any,
-:func:`export_instance` adds a top-level ``extensions`` object that a solver may read
-(a solver that does not know it ignores it)::
+The document has exactly the keys of that format (the scheduler's parser forbids
+others), so what cannot be said in it is left out, never half-said:
 
-    "extensions": {
-      "citybrain.pins/1": [{"camera", "algorithm", "priority", "policy"}],
-      "citybrain.exclusions/1": [{"algorithm", "camera"?, "device"?, "policy"}]
-    }
+- algorithms that detect nothing (they can serve no demand; the format requires
+  ``detects``) and policies that cover no camera's zone or ask for no event (they
+  create no demand; the scheduler refuses a policy matching no camera) are skipped;
+- pins and exclusions are not part of the format. :func:`export_extensions` returns
+  them as a separate document, and ``export_instance(..., extensions=True)`` embeds
+  it under a top-level ``extensions`` key for a solver that reads it::
 
-A pin asks for ``algorithm`` to run on ``camera`` (worth ``priority``); an exclusion
-forbids ``algorithm`` on ``camera`` and/or on ``device``. Without pins or exclusions
-the document has exactly the keys of the format.
+    {"citybrain.pins/1": [{"camera", "algorithm", "priority", "policy"}],
+     "citybrain.exclusions/1": [{"algorithm", "camera"?, "device"?, "policy"}]}
+
+  A pin asks for ``algorithm`` on ``camera`` (worth ``priority``); an exclusion
+  forbids ``algorithm`` on ``camera`` and/or on ``device``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from knowledge_graph._errors import GraphError, UnknownNode
 from knowledge_graph._graph import CityGraph
 from knowledge_graph._ontology import NodeType
-from knowledge_graph._policy import Policy
+from knowledge_graph._policy import Policy, zone_matches
 
 N = NodeType
 INSTANCE_SCHEMA = "citybrain.schedule-instance/1"
@@ -38,26 +41,39 @@ def _num(x: float) -> float | int:
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
+def _active(
+    graph: CityGraph, policies: Iterable[Policy] | None, at: datetime | None
+) -> list[Policy]:
+    at = at or datetime.now()
+    pols = list(graph.policies.values()) if policies is None else list(policies)
+    return [p for p in pols if p.active_at(at)]
+
+
 def export_instance(
     graph: CityGraph,
     policies: Iterable[Policy] | None = None,
     at: datetime | None = None,
+    *,
+    extensions: bool = False,
 ) -> dict[str, Any]:
     """The graph, its devices and the policies active at ``at`` (default: now, local wall
     clock) as a ``citybrain.schedule-instance/1`` document. ``policies`` defaults to the
     graph's own. A camera's scenes are those that count (operator-set, confirmed, or
-    inferred at or above the graph's confidence threshold)."""
-    at = at or datetime.now()
-    pols = list(graph.policies.values()) if policies is None else list(policies)
-    active = [p for p in pols if p.active_at(at)]
+    inferred at or above the graph's confidence threshold). With ``extensions`` (and
+    active pins or exclusions), :func:`export_extensions` is embedded as
+    ``extensions``."""
+    active = _active(graph, policies, at)
     algorithms = []
     for a in graph.nodes(N.ALGORITHM):
+        detects = graph.algorithm_detects(a)
+        if not detects:
+            continue
         info = graph.node(N.ALGORITHM, a)
         algorithms.append(
             {
                 "id": a,
                 "version": info["version"],
-                "detects": graph.algorithm_detects(a),
+                "detects": detects,
                 "scenes": graph.algorithm_scenes(a),
                 "fps": _num(info["fps"]),
                 "cost": {
@@ -66,13 +82,18 @@ def export_instance(
                 },
             }
         )
-    cameras = [
-        {"id": c, "zone": graph.zone_of(c), "scenes": graph.camera_scenes(c)}
-        for c in graph.nodes(N.CAMERA)
-    ]
+    cameras = []
+    for c in graph.nodes(N.CAMERA):
+        zone = graph.zone_of(c)
+        if zone is None:
+            raise GraphError(f"camera {c!r} is in no zone: give it one first", field="zone")
+        cameras.append({"id": c, "zone": zone, "scenes": graph.camera_scenes(c)})
+    camera_zones = {c["zone"] for c in cameras}
     devices = []
     for d in graph.nodes(N.DEVICE):
         cap = graph.node(N.DEVICE, d)["capacity"]
+        if graph.device_target(d) is None:
+            raise GraphError(f"device {d!r} has no hardware target", field="target")
         devices.append(
             {
                 "id": d,
@@ -93,9 +114,27 @@ def export_instance(
         "policies": [
             {"zone": p.zone, "events": list(p.events), "priority": _num(p.priority)}
             for p in active
-            if p.events
+            if p.events and any(zone_matches(p.zone, z) for z in camera_zones)
         ],
     }
+    if extensions:
+        ext = _extensions(active)
+        if ext[PINS_EXTENSION] or ext[EXCLUSIONS_EXTENSION]:
+            doc["extensions"] = ext
+    return doc
+
+
+def export_extensions(
+    graph: CityGraph,
+    policies: Iterable[Policy] | None = None,
+    at: datetime | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Pins and exclusions of the policies active at ``at``, which the instance format
+    cannot carry: ``{"citybrain.pins/1": [...], "citybrain.exclusions/1": [...]}``."""
+    return _extensions(_active(graph, policies, at))
+
+
+def _extensions(active: list[Policy]) -> dict[str, list[dict[str, Any]]]:
     pins = [
         {"camera": x.camera, "algorithm": x.algorithm, "priority": _num(p.priority), "policy": p.id}
         for p in active
@@ -111,9 +150,7 @@ def export_instance(
         for p in active
         for x in p.exclusions
     ]
-    if pins or exclusions:
-        doc["extensions"] = {PINS_EXTENSION: pins, EXCLUSIONS_EXTENSION: exclusions}
-    return doc
+    return {PINS_EXTENSION: pins, EXCLUSIONS_EXTENSION: exclusions}
 
 
 # ---------------------------------------------------------------------------

@@ -54,7 +54,7 @@ kg_nodes = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("type", String(16), nullable=False, index=True),
     Column("node_id", String(600), nullable=False),
-    Column("attrs", JSON, nullable=False),
+    Column("attrs", JSON(none_as_null=True), nullable=True),
 )
 
 kg_edges = Table(
@@ -64,7 +64,7 @@ kg_edges = Table(
     Column("type", String(16), nullable=False, index=True),
     Column("src", String(620), nullable=False),
     Column("dst", String(620), nullable=False),
-    Column("attrs", JSON, nullable=False),
+    Column("attrs", JSON(none_as_null=True), nullable=True),
 )
 
 kg_policies = Table(
@@ -91,11 +91,16 @@ def save(graph: CityGraph, engine: Engine, *, force: bool = False) -> int:
     ``graph.revision``)."""
     now = datetime.now(UTC)
     node_rows = [
-        {"seq": i, "type": key.partition(":")[0], "node_id": key.partition(":")[2], "attrs": data}
+        {
+            "seq": i,
+            "type": key.partition(":")[0],
+            "node_id": key.partition(":")[2],
+            "attrs": data or None,
+        }
         for i, (key, data) in enumerate(graph.g.nodes(data=True))
     ]
     edge_rows = [
-        {"seq": i, "type": k, "src": u, "dst": v, "attrs": data}
+        {"seq": i, "type": k, "src": u, "dst": v, "attrs": data or None}
         for i, (u, v, k, data) in enumerate(graph.g.edges(keys=True, data=True))
     ]
     policy_rows = [
@@ -177,20 +182,20 @@ def load(engine: Engine) -> CityGraph:
             select(kg_policies.c.id, kg_policies.c.doc).order_by(kg_policies.c.seq)
         ).all()
     graph = CityGraph(scene_threshold=meta.scene_threshold)
+    ntypes = {t.value: t for t in NodeType}
+    etypes = {e.value: e for e in EdgeType}
     for t, node_id, attrs in nodes:
-        try:
-            ntype = NodeType(t)
-        except ValueError:
-            raise GraphError(f"stored node {node_id!r} has unknown type {t!r}") from None
+        ntype = ntypes.get(t)
+        if ntype is None:
+            raise GraphError(f"stored node {node_id!r} has unknown type {t!r}")
         graph.add_node(ntype, node_id, **(attrs or {}))
     for t, src, dst, attrs in edges:
-        try:
-            etype = EdgeType(t)
-            st, s = split_key(src)
-            dt, d = split_key(dst)
-        except ValueError:
-            raise GraphError(f"stored edge {src!r} -[{t}]-> {dst!r} is malformed") from None
-        graph.add_edge(etype, (st, s), (dt, d), **(attrs or {}))
+        etype = etypes.get(t)
+        if etype is None:
+            raise GraphError(f"stored edge {src!r} -> {dst!r} has unknown type {t!r}")
+        st, s = split_key(src)
+        dt, d = split_key(dst)
+        graph._load_edge(etype, st, s, dt, d, attrs or {})
     for pid, doc in policies:
         try:
             policy = Policy.model_validate(doc)

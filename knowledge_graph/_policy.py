@@ -8,6 +8,7 @@ import re
 import uuid
 from datetime import datetime
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,11 +29,34 @@ _DAYS = list(Weekday)
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.\-*?\[\]!/]{1,512}$")
 
 
+def _match(p: tuple[str, ...], z: tuple[str, ...], i: int, j: int) -> bool:
+    if i == len(p):
+        return True  # matched z[:j]: the zone itself or one of its ancestors
+    seg = p[i]
+    if seg == "**":
+        return any(_match(p, z, i + 1, k) for k in range(j, len(z) + 1))
+    if j == len(z):
+        return False
+    return fnmatchcase(z[j], seg) and _match(p, z, i + 1, j + 1)
+
+
+@lru_cache(maxsize=65536)
 def zone_matches(glob: str, zone: str) -> bool:
-    """Whether a policy's zone glob matches a zone path (``fnmatch`` on the whole path,
-    case-sensitive: ``*`` also crosses ``/``, so ``longhua/*`` matches every zone under
-    ``longhua``; ``longhua`` matches only that zone)."""
-    return fnmatchcase(zone, glob)
+    """Whether a policy's zone glob covers a zone path. The same rules as the
+    scheduler's (``scheduler._zones``), so that what the graph explains is what the
+    solver serves:
+
+    - matched segment by segment with ``fnmatchcase``: ``*``, ``?``, ``[...]`` stay
+      within one segment (``longhua/*`` matches ``longhua/street-12``);
+    - a whole ``**`` segment matches any number of segments, zero included;
+    - a glob that matches a zone covers every zone inside it (``longhua`` covers
+      ``longhua/street-12``; ``longhua/*`` covers ``longhua/street-12/north``).
+
+    Case-sensitive."""
+    p = tuple(glob.split("/"))
+    if all(seg == "**" for seg in p):
+        return True
+    return _match(p, tuple(zone.split("/")), 0, 0)
 
 
 class _Model(BaseModel):

@@ -68,6 +68,8 @@ ZONE_KINDS: dict[str, list[str]] = {
 DISTRICTS = ["longhua", "longgang", "futian", "nanshan", "luohu", "baoan", "yantian",
              "pingshan", "guangming", "dapeng"]  # fmt: skip
 
+QUALIFIERS = ["", "_night", "_heavy_vehicle", "_crowded", "_rain", "_long_range", "_thermal"]
+
 TARGETS = {
     # target: (share of devices, ms factor, mem factor, capacity generator)
     "gpu-sm87": 0.35,
@@ -146,6 +148,12 @@ def generate_instance(
         scenes = rng.sample(ZONE_KINDS[kind], k=1 if rng.random() < 0.6 else 2)
         cams.append({"id": f"cam-{i:05d}", "zone": f"{zpath}/{site}", "scenes": scenes})
 
+    # A city with many algorithms has finer events (the same base event at night,
+    # for heavy vehicles, ...): about five detectors per event at any scale.
+    n_var = max(1, min(len(QUALIFIERS), round(algorithms / 150)))
+    scene_events = {
+        sc: [e + q for e in evs for q in QUALIFIERS[:n_var]] for sc, evs in SCENE_EVENTS.items()
+    }
     scene_names = list(SCENE_EVENTS)
     seen_scenes = sorted({s for c in cams for s in c["scenes"]})
     algs: list[dict] = []
@@ -155,7 +163,7 @@ def generate_instance(
         family = [home] + [s for s in scene_names if s != home and
                            set(SCENE_EVENTS[s]) & set(SCENE_EVENTS[home])]  # fmt: skip
         scenes = [home] + rng.sample(family[1:], k=min(len(family) - 1, rng.randrange(0, 3)))
-        events = rng.sample(SCENE_EVENTS[home], k=min(len(SCENE_EVENTS[home]),
+        events = rng.sample(scene_events[home], k=min(len(scene_events[home]),
                                                        rng.choice([1, 1, 2, 2, 3])))  # fmt: skip
         n_t = rng.choice([1, 2, 2, 3, 4])
         cost = {t: _cost(rng, t) for t in rng.sample(targets, k=n_t)}
@@ -186,10 +194,9 @@ def generate_instance(
         })  # fmt: skip
 
     pols: list[dict] = []
-    all_events = sorted({e for evs in SCENE_EVENTS.values() for e in evs})
+    all_events = sorted({e for evs in scene_events.values() for e in evs})
     for zpath, kind in subzones:
-        district = zpath.split("/")[0]
-        plausible = sorted({e for s in ZONE_KINDS[kind] for e in SCENE_EVENTS[s]})
+        plausible = sorted({e for s in ZONE_KINDS[kind] for e in scene_events[s]})
         evs = rng.sample(plausible, k=min(len(plausible), rng.randint(3, 8)))
         if rng.random() < 0.3:
             evs.append(rng.choice(all_events))  # maybe not plausible here: no scene match

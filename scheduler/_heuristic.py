@@ -92,6 +92,8 @@ class Greedy:
         self.ws = 1.0
         self.noise = 0.0
         self.salt = 0.0
+        #: scarcity: how much a device's use so far makes its resources dearer
+        self.wu = 0.0
         #: triples added by :meth:`run`, in order (for undoing a local-search move)
         self.log: list[int] = []
 
@@ -102,12 +104,21 @@ class Greedy:
             return 0.0
         d = self.t_dev[t]
         a = self.t_alg[t]
-        cost = self.t_comp[t] / self.cap_ms[d]
+        wu = self.wu
+        cost = self.t_comp[t] / self.cap_ms[d] * (1.0 + wu * s.used_ms[d] / self.cap_ms[d])
         if a not in s.model_users[d]:
             k = len(self.ix.ad(a, d)) or 1
-            cost += self.wm * self.t_mem[t] / self.cap_mem[d] / k
-        if s.cam_dev[self.t_cam[t]] != d:
-            cost += self.ws / self.cap_streams[d]
+            cost += (
+                self.wm * self.t_mem[t] / self.cap_mem[d] / k
+                * (1.0 + wu * s.used_mem[d] / self.cap_mem[d])
+            )  # fmt: skip
+        c = self.t_cam[t]
+        if s.cam_dev[c] != d:
+            # the decode slot is shared by every algorithm the camera could run on d
+            cost += (
+                self.ws / self.cap_streams[d] / (len(self.ix.cd(c, d)) or 1)
+                * (1.0 + wu * s.used_streams[d] / self.cap_streams[d])
+            )  # fmt: skip
         sc = g / (cost + 1e-12)
         if self.noise:
             # a fixed pseudo-random factor per triple and round keeps scores consistent
@@ -179,21 +190,27 @@ class Greedy:
 
 
 def _full_initial(prob: Problem, index: _Index, state: State, wm: float, ws: float):
-    """Sorted candidates with empty-state scores (upper bounds), vectorised."""
+    """Every candidate with its score in the current state, sorted; vectorised.
+
+    Same formula as :meth:`Greedy.score` (without noise): demands already served,
+    models already loaded and cameras already decoded are taken into account.
+    """
     n = prob.n_triples
     if n == 0:
         return [], []
     prio = np.asarray(prob.dem_prio, dtype=np.float64)
+    uncovered = np.asarray(state.cover, dtype=np.int64) == 0
     pair_val = np.zeros(len(prob.pair_cam))
     lens = np.fromiter((len(x) for x in prob.pair_dems), dtype=np.int64, count=len(prob.pair_dems))
     flat = np.fromiter(
         (k for x in prob.pair_dems for k in x), dtype=np.int64, count=int(lens.sum())
     )
     owner = np.repeat(np.arange(len(prob.pair_dems)), lens)
-    np.add.at(pair_val, owner, prio[flat])
+    np.add.at(pair_val, owner, prio[flat] * uncovered[flat])
     t_pair = np.asarray(prob.t_pair, dtype=np.int64)
     t_dev = np.asarray(prob.t_dev, dtype=np.int64)
     t_alg = np.asarray(prob.t_alg, dtype=np.int64)
+    t_cam = np.asarray(prob.t_cam, dtype=np.int64)
     val = pair_val[t_pair]
     if state.churn_keep:
         keep = np.fromiter(state.churn_keep, dtype=np.int64)
@@ -204,37 +221,33 @@ def _full_initial(prob: Problem, index: _Index, state: State, wm: float, ws: flo
     adkey = t_alg * index.nd + t_dev
     _, inv, counts = np.unique(adkey, return_inverse=True, return_counts=True)
     k = counts[inv].astype(np.float64)
-    cost = (
-        np.asarray(prob.t_comp) / cap_ms
-        + wm * np.asarray(prob.t_mem) / cap_mem / k
-        + ws / streams
-        + 1e-12
-    )
+    cdkey = t_cam * index.nd + t_dev
+    _, inv, counts = np.unique(cdkey, return_inverse=True, return_counts=True)
+    kc = counts[inv].astype(np.float64)
+    mem_term = wm * np.asarray(prob.t_mem) / cap_mem / k
+    stream_term = ws / streams / kc
+    cam_dev = np.asarray(state.cam_dev, dtype=np.int64)[t_cam]
+    if state.n_models:
+        loaded = np.fromiter(
+            (a * index.nd + d for d, mu in enumerate(state.model_users) for a in mu),
+            dtype=np.int64,
+        )
+        mem_term[np.isin(adkey, loaded)] = 0.0
+        stream_term[cam_dev == t_dev] = 0.0
+    cost = np.asarray(prob.t_comp) / cap_ms + mem_term + stream_term + 1e-12
     sc = val / cost
-    order = np.lexsort((np.arange(n), -sc))
+    sc[(cam_dev != -1) & (cam_dev != t_dev)] = 0.0  # the camera is decoded elsewhere
+    live = np.flatnonzero(sc > 0)
+    order = live[np.lexsort((live, -sc[live]))]
     return order.tolist(), (sc[order] * (1 + 1e-9)).tolist()
 
 
-def _seed(state: State, greedy: Greedy, keep: set[int]) -> list:
-    """Add the still-feasible previous triples; return fresh heap entries they enable."""
+def _seed(state: State, keep: set[int]) -> None:
+    """Add the previous plan's triples that still exist and fit, camera by camera."""
     p = state.p
     for t in sorted(keep, key=lambda t: (p.t_cam[t], p.t_alg[t])):
         if state.fits(t) and state.gain(t) > 0:
             state.add(t)
-    heap: list = []
-    seen: set[int] = set()
-    ix = greedy.ix
-    for t in state.triples():
-        a, d, c = p.t_alg[t], p.t_dev[t], p.t_cam[t]
-        for t2 in ix.ad(a, d) + ix.cd(c, d):
-            if t2 in seen:
-                continue
-            seen.add(t2)
-            s2 = greedy.score(t2)
-            if s2 > 0:
-                heap.append((-s2, t2))
-    heapq.heapify(heap)
-    return heap
 
 
 def greedy_solve(
@@ -249,9 +262,10 @@ def greedy_solve(
     state = State(prob, keep, churn_weight)
     g = Greedy(state, index)
     g.wm, g.ws = wm, ws
-    heap = _seed(state, g, keep) if keep else []
+    if keep:
+        _seed(state, keep)
     order, scores = _full_initial(prob, index, state, wm, ws)
-    g.run(order, scores, heap)
+    g.run(order, scores)
     return state
 
 
@@ -261,6 +275,7 @@ def local_search(
     deadline: float,
     seed: int = 0,
     max_rounds: int | None = None,
+    stale_limit: int | None = None,
 ) -> int:
     """Ruin-and-recreate around devices until ``deadline``; returns improvements kept."""
     p = state.p
@@ -269,22 +284,35 @@ def local_search(
     nd = len(p.dev_ids)
     if nd == 0 or p.n_triples == 0:
         return 0
-    # Devices whose cameras have servable but unserved demand come first.
+    # neighbouring devices share cameras
+    cam_devs: list[list[int]] = [[] for _ in p.cam_ids]
+    for d in range(nd):
+        for c in index.dev_cams[d]:
+            cam_devs[c].append(d)
     order = list(range(nd))
     rng.shuffle(order)
     improved = 0
     rounds = 0
     stale = 0
-    while time.perf_counter() < deadline and stale < 2 * nd:
+    stale_limit = max(50, 10 * nd) if stale_limit is None else stale_limit
+    while time.perf_counter() < deadline and stale < stale_limit:
         if max_rounds is not None and rounds >= max_rounds:
             break
         d = order[rounds % nd]
         rounds += 1
+        if rounds % nd == 0:
+            rng.shuffle(order)
         cams = index.dev_cams[d]
         if not cams:
             stale += 1
             continue
+        if rng.random() < 0.5:
+            c0 = rng.choice(cams)
+            d2 = rng.choice(cam_devs[c0])
+            if d2 != d:
+                cams = list(dict.fromkeys(cams + index.dev_cams[d2]))
         before = state.key()
+        kept_before = state.kept
         removed = [t for c in cams for t in state.cam_algs[c].values()]
         for t in removed:
             state.remove(t)
@@ -297,7 +325,8 @@ def local_search(
         g.log = []
         g.run(o, sc)
         after = state.key()
-        if after < before:
+        # sideways moves are fine, but not ones that give up previous assignments
+        if after < before or (after == before and state.kept < kept_before):
             for t in reversed(g.log):
                 state.remove(t)
             for t in removed:

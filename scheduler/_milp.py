@@ -44,7 +44,7 @@ def solve_milp(
     time_limit: float,
     keep: set[int] | None = None,
     churn_weight: float = 0.0,
-    mip_rel_gap: float = 1e-7,
+    mip_rel_gap: float | None = None,
 ) -> MilpResult:
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
@@ -74,7 +74,13 @@ def solve_milp(
     eps_z = delta / (Z + 1)
     total_comp = float(t_comp.sum()) or 1.0
     c = np.zeros(n)
-    c[ox : ox + T] = 0.5 * eps_z * t_comp / total_comp
+    comp_cost = 0.5 * eps_z * t_comp / total_comp  # all of it < one model: lexicographic
+    if comp_cost.min() < 1e-9:
+        # too small for the solver's tolerances at this size: half of delta for models,
+        # half for compute (models still dominate compute per unit, not strictly overall)
+        eps_z = 0.5 * delta / (Z + 1)
+        comp_cost = 0.5 * delta * t_comp / total_comp
+    c[ox : ox + T] = comp_cost
     c[oz : oz + Z] = eps_z
     c[os_ : os_ + S] = -np.asarray(prio)
     if keep and churn_weight:
@@ -131,6 +137,15 @@ def solve_milp(
     block(y_dev, oy + np.arange(Y), np.ones(Y), nd, np.asarray(prob.cap_streams, dtype=np.float64))
     del z_alg
 
+    if mip_rel_gap is None:
+        # Prove the priority sum optimal, not every tie-break: stop once the gap is below
+        # 0.4 of the smallest step the objective can move by (1 for integral priorities).
+        step = 1.0 if _all_integral(prio) else pmin
+        if keep and churn_weight:
+            step = min(step, churn_weight)
+        mip_rel_gap = max(
+            1e-9, 0.4 * step / max(1.0, float(sum(prio)) + churn_weight * len(keep or ()))
+        )
     A = csr_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r0, n)
     )

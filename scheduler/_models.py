@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import InvalidInstance, InvalidPlan
-from ._zones import zone_glob_error, zone_matches, zone_path_error
+from ._zones import match_policies, zone_glob_error, zone_path_error
 
 INSTANCE_SCHEMA = "citybrain.schedule-instance/1"
 PLAN_SCHEMA = "citybrain.schedule-plan/1"
@@ -112,7 +112,9 @@ def _dupes(ids: list[str]) -> list[str]:
 class Instance(_Model):
     """An offline scheduling instance; validation checks cross references."""
 
-    schema_: Literal["citybrain.schedule-instance/1"] = Field(default=INSTANCE_SCHEMA, alias="schema")
+    schema_: Literal["citybrain.schedule-instance/1"] = Field(
+        default=INSTANCE_SCHEMA, alias="schema"
+    )
     algorithms: list[Algorithm] = Field(default_factory=list)
     cameras: list[Camera] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
@@ -132,15 +134,14 @@ class Instance(_Model):
         for i, dev in enumerate(self.devices):
             for cid in dev.cameras:
                 if cid not in cams:
-                    raise ValueError(
-                        f"devices[{i}] ({dev.id!r}).cameras: unknown camera {cid!r}"
-                    )
+                    raise ValueError(f"devices[{i}] ({dev.id!r}).cameras: unknown camera {cid!r}")
             d = _dupes(dev.cameras)
             if d:
                 raise ValueError(f"devices[{i}] ({dev.id!r}).cameras: camera {d[0]!r} listed twice")
-        zones = {c.zone for c in self.cameras}
+        covering = match_policies([p.zone for p in self.policies], {c.zone for c in self.cameras})
+        used = {i for idx in covering.values() for i in idx}
         for i, pol in enumerate(self.policies):
-            if not any(zone_matches(pol.zone, z) for z in zones):
+            if i not in used:
                 raise ValueError(
                     f"policies[{i}].zone: {pol.zone!r} matches no camera zone (unknown zone)"
                 )
@@ -181,7 +182,9 @@ class Plan(_Model):
     solver: SolverInfo
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True, indent=1)
+        """The plan file's text (indented when small enough to be read by a person)."""
+        small = len(self.assignments) + len(self.served) + len(self.unserved) <= 5000
+        return self.model_dump_json(by_alias=True, indent=1 if small else None)
 
 
 def _first_error(e: ValidationError) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ._models import Instance, Plan
-from ._zones import zone_matches
+from ._zones import match_policies
 
 EPS = 1e-9
 
@@ -29,17 +31,17 @@ def expand_demands(inst: Instance) -> dict[tuple[str, str], float]:
 
     Order: cameras in instance order, then events in policy order.
     """
+    pols = inst.policies
+    covering = match_policies([p.zone for p in pols], {c.zone for c in inst.cameras})
     by_zone: dict[str, dict[str, float]] = {}
-    for cam in inst.cameras:
-        if cam.zone in by_zone:
-            continue
+    for zone, idx in covering.items():
         events: dict[str, float] = {}
-        for pol in inst.policies:
-            if zone_matches(pol.zone, cam.zone):
-                for e in pol.events:
-                    if events.get(e, 0.0) < pol.priority:
-                        events[e] = pol.priority
-        by_zone[cam.zone] = events
+        for i in idx:
+            pol = pols[i]
+            for e in pol.events:
+                if events.get(e, 0.0) < pol.priority:
+                    events[e] = pol.priority
+        by_zone[zone] = events
     out: dict[tuple[str, str], float] = {}
     for cam in inst.cameras:
         for e, p in by_zone[cam.zone].items():
@@ -80,9 +82,18 @@ class Problem:
     t_dev: list[int]
     t_comp: list[float]
     t_mem: list[float]
-    t_idx: dict[tuple[int, int, int], int]
     pair_triples: list[list[int]] = field(default_factory=list)
     reach: list[list[int]] = field(default_factory=list)
+
+    _t_idx: dict[tuple[int, int, int], int] | None = None
+
+    @property
+    def t_idx(self) -> dict[tuple[int, int, int], int]:
+        if self._t_idx is None:
+            self._t_idx = {
+                k: t for t, k in enumerate(zip(self.t_cam, self.t_alg, self.t_dev, strict=True))
+            }
+        return self._t_idx
 
     @property
     def n_triples(self) -> int:
@@ -152,23 +163,15 @@ def compile_problem(inst: Instance) -> Problem:
     pair_cam: list[int] = []
     pair_alg: list[int] = []
     pair_dems: list[list[int]] = []
-    pair_idx: dict[tuple[int, int], int] = {}
-    t_pair: list[int] = []
-    t_cam: list[int] = []
-    t_alg: list[int] = []
-    t_dev: list[int] = []
-    t_comp: list[float] = []
-    t_mem: list[float] = []
-    t_idx: dict[tuple[int, int, int], int] = {}
-    pair_triples: list[list[int]] = []
 
-    # (zone, scenes) -> [(alg, [events])], and per event the scene-less reason
-    cache: dict[tuple[str, frozenset[str]], tuple[list[tuple[int, list[str]]], dict[str, str]]] = {}
+    # (zone, scenes) -> [(alg, [events])], and per event the reason it has no pair
+    # keyed by the camera's demanded events and scenes: many cameras share both
+    cache: dict[tuple, tuple[list[tuple[int, list[str]]], dict[str, str]]] = {}
     for c, cam in enumerate(cams):
         if not cam_dems[c]:
             continue
         scenes = frozenset(cam.scenes)
-        key = (cam.zone, scenes)
+        key = (tuple(dem_event[k] for k in cam_dems[c]), scenes)
         hit = cache.get(key)
         if hit is None:
             per_alg: dict[int, list[str]] = {}
@@ -181,10 +184,10 @@ def compile_problem(inst: Instance) -> Problem:
                     continue
                 ok = [a for a in cand if alg_scenes[a] & scenes]
                 if not ok:
-                    seen = sorted(scenes) if scenes else "none"
+                    seen = ", ".join(sorted(scenes)) if scenes else "none"
                     static[e] = (
                         f"no scene match: no algorithm detecting {e} applies to the camera's "
-                        f"scenes ({', '.join(seen) if scenes else seen})"
+                        f"scenes ({seen})"
                     )
                     continue
                 for a in ok:
@@ -192,52 +195,81 @@ def compile_problem(inst: Instance) -> Problem:
             hit = (sorted(per_alg.items()), static)
             cache[key] = hit
         per_alg_list, static = hit
-        for k in cam_dems[c]:
-            r = static.get(dem_event[k])
-            if r is not None:
-                dem_reason[k] = r
-        covered_by_triple: set[int] = set()
-        has_profile: set[int] = set()
+        if static:
+            for k in cam_dems[c]:
+                r = static.get(dem_event[k])
+                if r is not None:
+                    dem_reason[k] = r
+        dk = dem_key
         for a, events in per_alg_list:
-            p = len(pair_cam)
             pair_cam.append(c)
             pair_alg.append(a)
-            pair_dems.append([dem_key[(c, e)] for e in events])
-            pair_idx[(c, a)] = p
-            tl: list[int] = []
-            alg = algs[a]
-            for d in reach[c]:
-                prof = alg.cost.get(targets[d])
-                if prof is None:
-                    continue
-                has_profile.update(pair_dems[p])
-                comp = alg.fps * prof.ms_per_frame
-                if comp > cap_ms[d] + EPS or prof.mem_mb > cap_mem[d] + EPS:
-                    continue
-                t = len(t_pair)
-                t_pair.append(p)
-                t_cam.append(c)
-                t_alg.append(a)
-                t_dev.append(d)
-                t_comp.append(comp)
-                t_mem.append(prof.mem_mb)
-                t_idx[(c, a, d)] = t
-                tl.append(t)
-            pair_triples.append(tl)
-            if tl:
-                covered_by_triple.update(pair_dems[p])
-        for k in cam_dems[c]:
-            if dem_reason[k] is not None or k in covered_by_triple:
-                continue
-            if not reach[c]:
-                dem_reason[k] = f"no reachable device: no device reaches {cam.id}"
-            elif k not in has_profile:
-                dem_reason[k] = "no cost profile for any reachable device target"
-            else:
-                dem_reason[k] = (
-                    "capacity: no reachable device can hold an algorithm for "
-                    f"{dem_event[k]} even when empty"
-                )
+            pair_dems.append([dk[(c, e)] for e in events])
+    pair_idx = {(c, a): i for i, (c, a) in enumerate(zip(pair_cam, pair_alg, strict=True))}
+
+    # triples, vectorised: every pair on every device reaching its camera
+    nP = len(pair_cam)
+    tgt_names = sorted(set(targets))
+    tgt_of = {t: i for i, t in enumerate(tgt_names)}
+    dev_tgt = np.asarray([tgt_of[t] for t in targets], dtype=np.int64)
+    comp_at = np.full((max(1, len(algs)), max(1, len(tgt_names))), np.nan)
+    mem_at = np.full_like(comp_at, np.nan)
+    for ai, a in enumerate(algs):
+        for tname, prof in a.cost.items():
+            ti = tgt_of.get(tname)
+            if ti is not None:
+                comp_at[ai, ti] = a.fps * prof.ms_per_frame
+                mem_at[ai, ti] = prof.mem_mb
+    rlen = np.asarray([len(r) for r in reach], dtype=np.int64)
+    rptr = np.concatenate(([0], np.cumsum(rlen)))
+    rdev = np.asarray([d for r in reach for d in r], dtype=np.int64)
+    p_cam = np.asarray(pair_cam, dtype=np.int64)
+    p_alg = np.asarray(pair_alg, dtype=np.int64)
+    rc = rlen[p_cam] if nP else np.zeros(0, dtype=np.int64)
+    rep = np.repeat(np.arange(nP), rc)
+    offs = np.arange(len(rep)) - np.repeat(np.cumsum(rc) - rc, rc)
+    dev = rdev[np.repeat(rptr[p_cam], rc) + offs] if len(rep) else np.zeros(0, dtype=np.int64)
+    comp = comp_at[p_alg[rep], dev_tgt[dev]] if len(rep) else np.zeros(0)
+    mem = mem_at[p_alg[rep], dev_tgt[dev]] if len(rep) else np.zeros(0)
+    has = ~np.isnan(comp)
+    cap_ms_a = np.asarray(cap_ms, dtype=np.float64)
+    cap_mem_a = np.asarray(cap_mem, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        fits = has & (comp <= cap_ms_a[dev] + EPS) & (mem <= cap_mem_a[dev] + EPS)
+    sel = np.flatnonzero(fits)
+    t_pair_a = rep[sel]
+    t_dev_a = dev[sel]
+    pair_has_profile = np.zeros(nP, dtype=bool)
+    pair_has_profile[rep[has]] = True
+    counts = np.bincount(t_pair_a, minlength=nP)
+    tptr = np.concatenate(([0], np.cumsum(counts))).tolist()
+    tl = list(range(len(sel)))
+    pair_triples = [tl[tptr[i] : tptr[i + 1]] for i in range(nP)]
+
+    covered: set[int] = set()
+    profiled: set[int] = set()
+    for pi in np.flatnonzero(counts > 0).tolist():
+        covered.update(pair_dems[pi])
+    for pi in np.flatnonzero(pair_has_profile).tolist():
+        profiled.update(pair_dems[pi])
+    for k, c in enumerate(dem_cam):
+        if dem_reason[k] is not None or k in covered:
+            continue
+        if not reach[c]:
+            dem_reason[k] = f"no reachable device: no device reaches {cams[c].id}"
+        elif k not in profiled:
+            dem_reason[k] = "no cost profile for any reachable device target"
+        else:
+            dem_reason[k] = (
+                f"capacity: no reachable device can hold an algorithm for {dem_event[k]} "
+                "even when empty"
+            )
+    t_cam = p_cam[t_pair_a].tolist()
+    t_alg = p_alg[t_pair_a].tolist()
+    t_pair = t_pair_a.tolist()
+    t_dev = t_dev_a.tolist()
+    t_comp = comp[sel].tolist()
+    t_mem = mem[sel].tolist()
 
     return Problem(
         inst=inst,
@@ -266,7 +298,6 @@ def compile_problem(inst: Instance) -> Problem:
         t_dev=t_dev,
         t_comp=t_comp,
         t_mem=t_mem,
-        t_idx=t_idx,
         pair_triples=pair_triples,
         reach=reach,
     )

@@ -35,6 +35,7 @@ def solve(
     previous: Plan | None = None,
     churn_weight: float = 1.0,
     seed: int = 0,
+    previous_plan: Plan | None = None,
 ) -> Plan:
     """A checked plan for ``instance``.
 
@@ -43,9 +44,14 @@ def solve(
     ``churn_weight`` (in priority points): assignments that can stay, stay.
     ``solver.optimal`` means proven optimal for that (churn-penalised) objective;
     ``solver.bound`` is an upper bound on the sum of served priorities.
+    ``previous_plan`` is an alias of ``previous``.
     Raises :class:`PlanCheckFailed` (never returns) if the plan would violate anything.
     """
     t0 = time.perf_counter()
+    if previous_plan is not None:
+        if previous is not None and previous is not previous_plan:
+            raise ValueError("give previous or previous_plan, not both")
+        previous = previous_plan
     solver = SolverName(solver)
     if time_limit <= 0:
         raise ValueError("time_limit must be positive")
@@ -66,7 +72,9 @@ def solve(
         if previous is not None:
             state = State.from_triples(prob, state.triples(), keep, w)
     elif solver is SolverName.HEURISTIC:
-        state = heuristic_solve(prob, keep, w, deadline=deadline, seed=seed, multistart=True)
+        state = heuristic_solve(
+            prob, keep, w, deadline=t0 + 0.8 * time_limit, seed=seed, multistart=True
+        )
     else:
         small = prob.n_triples <= AUTO_MILP_MAX_TRIPLES
         if solver is SolverName.MILP or small:
@@ -75,8 +83,9 @@ def solve(
             heur: State | None = None
             if solver is SolverName.AUTO:
                 # a quick heuristic first: an incumbent if the MILP runs out of time
+                # (a quarter of the budget at most; small instances stop much earlier)
                 heur = heuristic_solve(
-                    prob, keep, w, deadline=time.perf_counter() + min(0.5, 0.05 * time_limit),
+                    prob, keep, w, deadline=time.perf_counter() + 0.25 * time_limit,
                     seed=seed, multistart=True,
                 )  # fmt: skip
             left = max(0.1, deadline - time.perf_counter())
@@ -102,7 +111,9 @@ def solve(
                 name = name if name.startswith("heuristic") else f"{solver.value}/heuristic"
                 optimal = res.optimal and _bound_ok(state.value, bound) and not keep
         else:
-            state = heuristic_solve(prob, keep, w, deadline=deadline, seed=seed)
+            # leave a fifth of the budget for writing and checking the plan
+            lns_deadline = t0 + 0.8 * time_limit
+            state = heuristic_solve(prob, keep, w, deadline=lns_deadline, seed=seed)
             name = "auto/heuristic"
     if not optimal and not keep and _bound_ok(state.value, bound):
         optimal = True  # the served priorities meet an upper bound

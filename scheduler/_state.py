@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._models import Assignment, DemandRef, Plan, SolverInfo, UnservedDemand
+from ._models import PLAN_SCHEMA, Plan
 from ._problem import EPS, REASON_CAPACITY, Problem
 
 
@@ -157,41 +157,44 @@ class State:
         return s
 
 
-def to_plan(
-    state: State, name: str, seconds: float, optimal: bool, bound: float | None
-) -> Plan:
+def to_plan(state: State, name: str, seconds: float, optimal: bool, bound: float | None) -> Plan:
     p = state.p
     algs = p.inst.algorithms
     assignments = [
-        Assignment(
-            camera=p.cam_ids[p.t_cam[t]],
-            algorithm=p.alg_ids[p.t_alg[t]],
-            version=algs[p.t_alg[t]].version,
-            device=p.dev_ids[p.t_dev[t]],
-        )
+        {
+            "camera": p.cam_ids[p.t_cam[t]],
+            "algorithm": p.alg_ids[p.t_alg[t]],
+            "version": algs[p.t_alg[t]].version,
+            "device": p.dev_ids[p.t_dev[t]],
+        }
         for t in sorted(state.triples(), key=lambda t: (p.t_dev[t], p.t_cam[t], p.t_alg[t]))
     ]
-    served: list[DemandRef] = []
-    unserved: list[UnservedDemand] = []
+    served: list[dict] = []
+    unserved: list[dict] = []
     objective = 0.0
+    cam_ids, events, reasons = p.cam_ids, p.dem_event, p.dem_reason
     for k, c in enumerate(p.dem_cam):
         if state.cover[k] > 0:
-            served.append(DemandRef(camera=p.cam_ids[c], event=p.dem_event[k]))
+            served.append({"camera": cam_ids[c], "event": events[k]})
             objective += p.dem_prio[k]
         else:
             unserved.append(
-                UnservedDemand(
-                    camera=p.cam_ids[c],
-                    event=p.dem_event[k],
-                    reason=p.dem_reason[k] or REASON_CAPACITY,
-                )
+                {"camera": cam_ids[c], "event": events[k], "reason": reasons[k] or REASON_CAPACITY}
             )
     if bound is not None:
         bound = max(bound, objective)
-    return Plan(
-        assignments=assignments,
-        served=served,
-        unserved=unserved,
-        objective=objective,
-        solver=SolverInfo(name=name, seconds=round(seconds, 4), optimal=optimal, bound=bound),
+    return Plan.model_validate(
+        {
+            "schema": PLAN_SCHEMA,
+            "assignments": assignments,
+            "served": served,
+            "unserved": unserved,
+            "objective": objective,
+            "solver": {
+                "name": name,
+                "seconds": round(seconds, 4),
+                "optimal": optimal,
+                "bound": bound,
+            },
+        }
     )

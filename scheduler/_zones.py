@@ -68,3 +68,34 @@ def zone_matches(glob: str, zone: str) -> bool:
     if all(seg == "**" for seg in p):
         return True
     return _match(p, tuple(zone.split("/")), 0, 0)
+
+
+def _literal_prefix(glob: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for seg in glob.split("/"):
+        if seg == "**" or any(ch in seg for ch in "*?["):
+            break
+        out.append(seg)
+    return tuple(out)
+
+
+def match_policies(globs: list[str], zones: list[str] | set[str]) -> dict[str, list[int]]:
+    """For each zone, the indices of the globs that cover it (in glob order).
+
+    Indexed by each glob's literal leading segments, so a city with thousands of
+    zones and policies is matched without comparing every pair.
+    """
+    by_prefix: dict[tuple[str, ...], list[int]] = {}
+    for i, g in enumerate(globs):
+        by_prefix.setdefault(_literal_prefix(g), []).append(i)
+    out: dict[str, list[int]] = {}
+    for z in zones:
+        if z in out:
+            continue
+        segs = tuple(z.split("/"))
+        cands: list[int] = []
+        for n in range(len(segs) + 1):
+            cands.extend(by_prefix.get(segs[:n], ()))
+        cands.sort()
+        out[z] = [i for i in cands if zone_matches(globs[i], z)]
+    return out

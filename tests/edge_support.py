@@ -43,12 +43,11 @@ from edge_agent.protocol import (
     Signature,
     Topics,
     decode,
-    encode,
     key_id,
     sha256_file,
     write_package_archive,
 )
-from tests.conftest import REPO, SHARED_DATA, free_port, port_answers
+from tests.conftest import SHARED_DATA, free_port, port_answers
 
 VIDEO = SHARED_DATA / "vtest.avi"
 SIDE = 16
@@ -98,6 +97,40 @@ def classifier_onnx(
             helper.make_tensor("W", TensorProto.FLOAT, list(w.shape), w.flatten().tolist()),
             helper.make_tensor("B", TensorProto.FLOAT, [n_classes], b.tolist()),
         ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def convnet_onnx(path: Path, *, side: int = 224, n_classes: int = 10, width: int = 16) -> None:
+    """A small random CNN (3 strided convs + global pool + linear) for benchmarks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits, nodes, prev, cin = [], [], "input", 3
+    for i, cout in enumerate((width, width * 2, width * 4, width * 8)):
+        w = (rng.normal(size=(cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], strides=[2, 2], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        prev, cin = f"r{i}", cout
+    fc = (rng.normal(size=(cin, n_classes)) * 0.1).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc, "fc"))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["gp"]),
+        helper.make_node("Flatten", ["gp"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, n_classes])],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -160,6 +193,8 @@ def build_package(
     sign_with: Keys | None = None,
     extra_file: bool = False,
     centroids: np.ndarray | None = None,
+    onnx_file: Path | None = None,
+    side: int = SIDE,
 ) -> tuple[Path, ArtifactRef, Manifest]:
     """A signed package archive; ``golden_shift`` breaks the golden output,
     ``sign_with`` signs with another key, ``extra_file`` adds an unlisted file."""
@@ -167,15 +202,19 @@ def build_package(
 
     pkg = Path(tempfile.mkdtemp(dir=root, prefix=f"{algorithm}-{version}-"))
     labels = labels or ["car", "person", "bike"]
-    if task == "classify":
+    if onnx_file is not None:
+        shutil.copy(onnx_file, pkg / "model.onnx")
+        post = Postprocess(output="logits", score_threshold=score_threshold)
+    elif task == "classify":
         classifier_onnx(pkg / "model.onnx", n_classes=len(labels), bias=bias)
         post = Postprocess(output="logits", score_threshold=score_threshold)
     else:
         detector_onnx(pkg / "model.onnx", boxes or [[0.1, 0.1, 0.3, 0.3, 0.9, 0]])
         post = Postprocess(output="boxes", score_threshold=score_threshold or 0.5, nms_iou=0.5)
     (pkg / "golden").mkdir()
-    x = np.random.default_rng(1).random((1, 3, SIDE, SIDE), dtype=np.float32)
-    y = ort.InferenceSession(str(pkg / "model.onnx")).run(None, {"input": x})[0]
+    x = np.random.default_rng(1).random((1, 3, side, side), dtype=np.float32)
+    sess = ort.InferenceSession(str(pkg / "model.onnx"))
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     np.save(pkg / "golden/input.npy", x)
     np.save(pkg / "golden/output.npy", y + np.float32(golden_shift))
     if centroids is not None:
@@ -192,8 +231,8 @@ def build_package(
         labels=labels,
         input=InputSpec(
             name="input",
-            shape=[1, 3, SIDE, SIDE],
-            preprocess=Preprocess(resize=(SIDE, SIDE), color="RGB"),
+            shape=[1, 3, side, side],
+            preprocess=Preprocess(resize=(side, side), color="RGB"),
         ),
         postprocess=post,
         event_rules=event_rules or [],
@@ -252,11 +291,11 @@ def client(
     return c
 
 
-def publish_retained(port: int, topic: str, payload: bytes) -> None:
-    c = client(port)
+def publish_retained(port: int, topic: str, payload: bytes, **auth: str) -> None:
+    c = client(port, **auth)
     c.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    c.loop_stop()
     c.disconnect()
+    c.loop_stop()
 
 
 class Watcher:
@@ -282,8 +321,8 @@ class Watcher:
         return self.messages[-1] if self.messages else None
 
     def close(self) -> None:
-        self.c.loop_stop()
         self.c.disconnect()
+        self.c.loop_stop()
 
 
 class ChunkServer:
@@ -291,7 +330,13 @@ class ChunkServer:
     fault injection: ``corrupt`` offsets get a flipped byte (the header keeps the
     true chunk hash), ``gate`` (an Event) blocks replies while cleared."""
 
-    def __init__(self, port: int, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        chunk_delay: float = 0.0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.artifacts: dict[str, bytes] = {}
         self.corrupt: dict[str, set[int] | str] = {}
         self.requests: dict[str, list[int]] = defaultdict(list)
@@ -299,7 +344,10 @@ class ChunkServer:
         self.gate = threading.Event()
         self.gate.set()
         self.delay = chunk_delay
-        self.c = client(port, client_id=f"chunksrv-{os.urandom(3).hex()}")
+        self.budget: int | None = None  # replies left before the gate closes by itself
+        self.c = client(
+            port, client_id=f"chunksrv-{os.urandom(3).hex()}", username=username, password=password
+        )
         self.c.on_message = self._on
         sub = threading.Event()
         self.c.on_subscribe = lambda *a: sub.set()
@@ -329,6 +377,10 @@ class ChunkServer:
                 if self._stop:
                     return
                 payload, props = self._q.pop(0)
+            if self.budget is not None:
+                if self.budget <= 0:
+                    self.gate.clear()
+                self.budget -= 1
             self.gate.wait()
             if self.delay:
                 time.sleep(self.delay)
@@ -368,8 +420,8 @@ class ChunkServer:
             self._stop = True
             self._cv.notify()
         self.gate.set()
-        self.c.loop_stop()
         self.c.disconnect()
+        self.c.loop_stop()
 
 
 class Mosquitto:
@@ -462,4 +514,3 @@ class ArtifactHttpServer:
 def agent_config_file(path: Path, **cfg: Any) -> Path:
     path.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in cfg.items()}))
     return path
-

@@ -13,7 +13,7 @@ A token comes from ``Authorization: Bearer <token>`` or, for the console, the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,12 +21,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from cloud.api.tokens import resolve_token
+from cloud.catalog import Catalog
 from cloud.catalog.models import Role
 from cloud.core.config import Settings
 from cloud.errors import Forbidden, Unauthorized
-
-if TYPE_CHECKING:
-    from cloud.catalog import Catalog
 
 COOKIE = "citybrain_token"
 
@@ -49,13 +47,13 @@ def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def get_session(catalog: Annotated[Any, Depends(get_catalog)]) -> Iterator[Session]:
+def get_session(catalog: Annotated[Catalog, Depends(get_catalog)]) -> Iterator[Session]:
     with catalog.sessions() as session:
         yield session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-CatalogDep = Annotated["Catalog", Depends(get_catalog)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
@@ -65,7 +63,7 @@ def token_from_request(request: Request, creds: HTTPAuthorizationCredentials | N
     return request.cookies.get(COOKIE) or None
 
 
-def principal_for(catalog: Any, token: str) -> Principal | None:
+def principal_for(catalog: Catalog, token: str) -> Principal | None:
     with catalog.sessions() as session:
         row = resolve_token(session, token)
         if row is None:

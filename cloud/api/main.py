@@ -8,10 +8,11 @@ one router per resource plus the console pages.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from cloud.api.errors import install_error_handlers
 from cloud.core.config import Settings, get_settings
@@ -58,6 +59,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
     )
+
+    @app.middleware("http")
+    async def server_timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}"
+        return response
+
     app.state.settings = settings
     app.state.catalog = catalog
     install_error_handlers(app)

@@ -131,7 +131,7 @@ class FileBlobStore:
         if isinstance(data, bytes | bytearray | memoryview):
             digest = sha256_bytes(bytes(data))
             if sha256 is not None and sha256 != digest:
-                raise InvalidInput(f"blob bytes hash to {digest}, not {sha256}", field="sha256")
+                raise InvalidInput(f"blob bytes hashes to {digest}, not {sha256}", field="sha256")
             target = self.path(digest)
             if target.exists():
                 return digest

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, insert, literal, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobs import BlobStore, FileBlobStore
@@ -140,6 +141,15 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics (SQLite; PostgreSQL's
+        autovacuum does this itself); a full ANALYZE of 100k samples takes ~0.2 s."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+
     @contextmanager
     def transaction(self, session: Session | None = None) -> Iterator[Session]:
         """Join ``session`` or open a new committed-on-success transaction."""
@@ -173,7 +183,10 @@ class Catalog:
                 raise Conflict(f"dataset {name!r} already exists", field="name")
             ds = Dataset(name=name, labels=labs, description=description, created_by=created_by)
             s.add(ds)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # created concurrently by another process
+                raise Conflict(f"dataset {name!r} already exists", field="name") from None
             return ds
 
     def _dataset(self, s: Session, ref: DatasetRef, *, lock: bool = False) -> Dataset:
@@ -339,7 +352,7 @@ class Catalog:
                     ],
                 )
                 result.added += len(fresh)
-                result.existing += len(ids) - len(fresh)
+                result.existing += len(batch) - len(fresh)  # incl. repeats in the input
             return result
 
     def add_image_bytes(
@@ -423,8 +436,8 @@ class Catalog:
                 conds.append(m.current_annotation_id.is_(None))
             if source is not None:
                 need_sample_join = True
-                esc = source.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                conds.append(smp.source.like(esc + "%", escape="\\"))
+                if source:  # exact prefix on both backends (no LIKE escaping, no collation)
+                    conds.append(func.substr(smp.source, 1, len(source)) == source)
             if camera is not None:
                 need_sample_join = True
                 conds.append(smp.camera == camera)
@@ -437,25 +450,37 @@ class Catalog:
                 if need_sample_join:
                     cq = cq.join(smp, smp.id == m.sample_id)
                 total = s.scalar(cq.where(*conds)) or 0
-            q = (
-                select(m, smp, ann)
-                .join(smp, smp.id == m.sample_id)
-                .outerjoin(ann, ann.id == m.current_annotation_id)
-                .where(*conds)
-                .order_by(m.added_at, m.sample_id)
-            )
+            # page keys first, from the (covering) membership index alone; the
+            # joins run only for the rows of the page, not for skipped ones
+            kq = select(m.sample_id, m.added_at)
+            if need_sample_join:
+                kq = kq.join(smp, smp.id == m.sample_id)
+            kq = kq.where(*conds).order_by(m.added_at, m.sample_id)
             if after:
                 at, sid = _decode_cursor(after)
-                q = q.where(
+                kq = kq.where(
                     tuple_(m.added_at, m.sample_id) > tuple_(literal(at, m.added_at.type), sid)
                 )
             else:
-                q = q.offset(offset)
-            rows = s.execute(q.limit(limit + 1)).all()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            items = [_view(dm, sm, an) for dm, sm, an in rows]
-            cursor = _encode_cursor(rows[-1][0]) if more and rows else None
+                kq = kq.offset(offset)
+            keys = s.execute(kq.limit(limit + 1)).all()
+            more = len(keys) > limit
+            keys = keys[:limit]
+            rows = (
+                {
+                    dm.sample_id: (dm, sm, an)
+                    for dm, sm, an in s.execute(
+                        select(m, smp, ann)
+                        .join(smp, smp.id == m.sample_id)
+                        .outerjoin(ann, ann.id == m.current_annotation_id)
+                        .where(m.dataset_id == ds.id, m.sample_id.in_([k[0] for k in keys]))
+                    )
+                }
+                if keys
+                else {}
+            )
+            items = [_view(*rows[k[0]]) for k in keys if k[0] in rows]
+            cursor = _encode_cursor(rows[keys[-1][0]][0]) if more and keys else None
             return Page[SampleView](
                 items=items, total=total, offset=offset, limit=limit, next_cursor=cursor
             )

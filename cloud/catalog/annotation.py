@@ -47,6 +47,7 @@ from cloud.catalog.models import (
     AnnotationSource,
     Dataset,
     DatasetSample,
+    LineageEdge,
     ReviewState,
     Sample,
     Task,
@@ -439,6 +440,11 @@ def create_annotation_task(
                 prelabel_id=pre_ids.get(sid),
             )
         )
+    session.add(
+        LineageEdge(
+            task_id=task.id, direction="input", entity="dataset", entity_id=str(ds.id), role="label"
+        )
+    )
     _transition(task, TaskStatus.RUNNING)
     task.message = f"0/{len(rest) + len(overlap_ids) * k} items labeled"
     session.flush()
@@ -753,6 +759,7 @@ def review(
         session=session,
     )
     fix.review = ReviewState.ACCEPTED
+    fix.supersedes_id = ann.id  # on overlap items the current label may be another's
     assignment.annotation_id = fix.id
     session.flush()
     return fix

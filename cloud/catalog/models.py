@@ -184,6 +184,10 @@ class Sample(Base):
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (
+        Index("ix_samples_camera", "camera"),
+        Index("ix_samples_device", "device"),
+    )
 
 
 class DatasetSample(Base):

@@ -28,6 +28,7 @@ GROUPS = {
     "fleet": "cloud.cli.fleet",
     "token": "cloud.cli.token",
     "task": "cloud.cli.task",
+    "model": "cloud.cli.model",
 }
 #: modules exposing ``register(app)`` for top-level commands
 COMMAND_MODULES = [

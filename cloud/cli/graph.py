@@ -185,6 +185,35 @@ def set_scenes(
     typer.echo(f"camera {camera} sees {', '.join(now) or 'nothing'}")
 
 
+@app.command("record-scenes")
+def record_scenes(
+    camera: str,
+    score: list[str] = typer.Option(
+        ..., "--score", help="SCENE=CONFIDENCE from a scene classifier, e.g. street=0.82"
+    ),
+) -> None:
+    """Record a scene classifier's output for a camera (inferred scenes; operator,
+    confirmed and rejected scenes are left as they are)."""
+    scores: dict[str, float] = {}
+    for item in split_values(score):
+        name, eq, val = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            scores[name] = float(val)
+        except ValueError:
+            raise InvalidInput(
+                f"invalid --score {item!r}: use SCENE=CONFIDENCE, e.g. street=0.82", field="score"
+            ) from None
+    with live_graph() as g:
+        recorded = g.record_inferred_scenes(camera, scores)
+        now = g.camera_scenes(camera)
+    typer.echo(
+        f"camera {camera}: recorded {', '.join(recorded) or 'nothing'}; "
+        f"counting scenes: {', '.join(now) or 'none'}"
+    )
+
+
 @app.command("confirm-scene")
 def confirm_scene(camera: str, scene: str) -> None:
     """Confirm an inferred scene of a camera."""
@@ -340,26 +369,7 @@ def show(
                     typer.echo(f"{k:>10}: {v}")
             return
         with kg_errors():
-            cams = g.cameras_in_zone(zone)
-        rows = [
-            {
-                "camera": c,
-                "zone": g.zone_of(c),
-                "scenes": [
-                    {
-                        "scene": link.scene,
-                        "source": link.source,
-                        "confidence": link.confidence,
-                        "confirmed": link.confirmed,
-                        "rejected": link.rejected,
-                    }
-                    for link in g.scene_links(c)
-                ],
-                "devices": g.camera_devices(c),
-                "algorithms": [a.algorithm for a in g.applicable(c)],
-            }
-            for c in cams
-        ]
+            rows = g.zone_view(zone)
     if as_json:
         _echo_json(rows)
         return
@@ -376,26 +386,60 @@ def show(
         )
 
 
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        raise InvalidInput(f"cannot write {path}: {e.strerror}", field=str(path)) from None
+
+
 @app.command("export-instance")
 def export_instance(
     out: Path = typer.Option(..., "--out", help="where to write the instance JSON"),
     at: str | None = typer.Option(None, "--at", help="policies active at (ISO 8601)"),
+    extensions: Path | None = typer.Option(
+        None, "--extensions", help="also write the active pins/exclusions to this file"
+    ),
+    embed: bool = typer.Option(
+        False, "--embed-extensions", help="embed pins/exclusions under 'extensions'"
+    ),
 ) -> None:
-    """Write the live graph + devices + active policies as citybrain.schedule-instance/1."""
+    """Write the live graph + devices + active policies as citybrain.schedule-instance/1
+    (what `citybrain schedule solve --instance` reads)."""
     kg = _kg()
     when = parse_at(at)
     with live_graph(write=False) as g:
-        doc = kg.export_instance(g, at=when)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(out)
-    except OSError as e:
-        raise InvalidInput(f"cannot write {out}: {e.strerror}", field="out") from None
+        doc = kg.export_instance(g, at=when, extensions=embed)
+        ext = kg.export_extensions(g, at=when)
+        n_algos = g.count(kg.NodeType.ALGORITHM)
+        n_active = len([p for p in g.active_policies(when or datetime.now()) if p.events])
+    _write_json(out, doc)
+    if extensions is not None:
+        _write_json(extensions, ext)
+    n_ext = sum(len(v) for v in ext.values())
     typer.echo(
         f"wrote {out}: {len(doc['cameras'])} cameras, {len(doc['algorithms'])} algorithms, "
         f"{len(doc['devices'])} devices, {len(doc['policies'])} policies"
     )
+    if n_algos > len(doc["algorithms"]):
+        typer.echo(
+            f"note: {n_algos - len(doc['algorithms'])} algorithms detect nothing and were left out",
+            err=True,
+        )
+    if n_active > len(doc["policies"]):
+        typer.echo(
+            f"note: {n_active - len(doc['policies'])} active policies cover no camera and were "
+            "left out",
+            err=True,
+        )
+    if n_ext and extensions is None and not embed:
+        typer.echo(
+            f"warning: {n_ext} active pins/exclusions are not part of the instance format; "
+            "use --extensions FILE or --embed-extensions to pass them",
+            err=True,
+        )
 
 
 @app.command("import-instance")

@@ -11,11 +11,13 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from pydantic import BaseModel
+from sqlalchemy import func, select
 
+from cloud.api._paging import page_samples
 from cloud.api.deps import COOKIE, Principal, principal_for
 from cloud.catalog import annotation as ann
-from cloud.catalog.models import Role, Task, TaskKind
+from cloud.catalog.models import DatasetSample, DatasetVersion, Role, Task, TaskKind
 from cloud.errors import CitybrainError
 
 HERE = Path(__file__).parent
@@ -32,7 +34,9 @@ def page_user(request: Request) -> Principal:
     token = request.cookies.get(COOKIE)
     user = principal_for(request.app.state.catalog, token) if token else None
     if user is None:
-        raise _LoginRedirect(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        raise _LoginRedirect(
+            request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        )
     return user
 
 
@@ -40,7 +44,9 @@ PageUser = Annotated[Principal, Depends(page_user)]
 router = APIRouter(include_in_schema=False)
 
 
-def render(request: Request, name: str, user: Principal | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+def render(
+    request: Request, name: str, user: Principal | None, status_code: int = 200, **ctx: Any
+) -> HTMLResponse:
     can = {
         "write": user is not None and user.role != Role.VIEWER,
         "manage": user is not None and user.role in (Role.ADMIN, Role.OPERATOR),
@@ -56,12 +62,15 @@ def home() -> Response:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = Query(default="/datasets", max_length=2000)) -> HTMLResponse:
+def login_form(
+    request: Request, next: str = Query(default="/datasets", max_length=2000)
+) -> HTMLResponse:
     return render(request, "login.html", None, next=_safe_next(next), error=None)
 
 
 def _safe_next(url: str) -> str:
-    return url if url.startswith("/") and not url.startswith("//") else "/datasets"
+    ok = url.startswith("/") and not url.startswith(("//", "/\\")) and "\n" not in url
+    return url if ok else "/datasets"
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -73,12 +82,21 @@ def login(
     user = principal_for(request.app.state.catalog, token.strip())
     if user is None:
         return render(
-            request, "login.html", None, status_code=401, next=_safe_next(next),
+            request,
+            "login.html",
+            None,
+            status_code=401,
+            next=_safe_next(next),
             error="Unknown or revoked token.",
         )
     resp = RedirectResponse(_safe_next(next), status_code=303)
     resp.set_cookie(
-        COOKIE, token.strip(), httponly=True, samesite="strict", path="/", max_age=30 * 86400,
+        COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="strict",
+        path="/",
+        max_age=30 * 86400,
         secure=request.url.scheme == "https",
     )
     return resp
@@ -103,6 +121,51 @@ def datasets_page(request: Request, user: PageUser) -> HTMLResponse:
 FILTERS = ("label", "source", "pool", "camera", "device", "labeled")
 
 
+class HeaderStats(BaseModel):
+    name: str
+    labels: list[str]
+    samples: int
+    labeled: int
+    per_label: dict[str, int]
+    per_pool: dict[str, int]
+    latest_version: int | None
+
+
+def _header_stats(catalog: Any, name: str) -> HeaderStats:
+    """What the dataset page header needs: cheaper than ``dataset_stats``
+    (no per-split scan), it stays fast at 100,000 samples."""
+    m = DatasetSample
+    with catalog.sessions() as s:
+        ds = catalog.get_dataset(name, session=s)
+        per_pool = dict(
+            s.execute(
+                select(m.pool, func.count()).where(m.dataset_id == ds.id).group_by(m.pool)
+            ).all()
+        )
+        per_label = dict(
+            s.execute(
+                select(m.label, func.count())
+                .where(m.dataset_id == ds.id, m.label.is_not(None))
+                .group_by(m.label)
+            ).all()
+        )
+        labeled = s.scalar(
+            select(func.count()).where(m.dataset_id == ds.id, m.current_annotation_id.is_not(None))
+        )
+        latest = s.scalar(
+            select(func.max(DatasetVersion.number)).where(DatasetVersion.dataset_id == ds.id)
+        )
+        return HeaderStats(
+            name=ds.name,
+            labels=list(ds.labels or []),
+            samples=sum(per_pool.values()),
+            labeled=labeled or 0,
+            per_label=per_label,
+            per_pool=per_pool,
+            latest_version=latest,
+        )
+
+
 @router.get("/datasets/{name}", response_class=HTMLResponse)
 def dataset_page(
     request: Request,
@@ -118,7 +181,7 @@ def dataset_page(
     per_page: int = Query(default=48, ge=1, le=192),
 ) -> HTMLResponse:
     catalog = request.app.state.catalog
-    stats = catalog.dataset_stats(name)
+    stats = _header_stats(catalog, name)
     filt = {
         "label": label or None,
         "source": source or None,
@@ -127,8 +190,8 @@ def dataset_page(
         "device": device or None,
     }
     lab = {"yes": True, "no": False}.get(labeled or "")
-    result = catalog.list_samples(
-        name, **filt, labeled=lab, offset=(page - 1) * per_page, limit=per_page
+    result = page_samples(
+        catalog, name, **filt, labeled=lab, offset=(page - 1) * per_page, limit=per_page
     )
     pages = max(1, math.ceil(result.total / per_page))
     current = {k: v for k, v in {**filt, "labeled": labeled or None}.items() if v}
@@ -137,7 +200,10 @@ def dataset_page(
         return f"/datasets/{quote(name)}?" + urlencode({**current, "page": p, "per_page": per_page})
 
     with catalog.sessions() as session:
-        tasks = [ann.summarize(session, t.id) for t in ann.list_annotation_tasks(session, dataset=name, limit=20)]
+        tasks = [
+            ann.summarize(session, t.id)
+            for t in ann.list_annotation_tasks(session, dataset=name, limit=20)
+        ]
     return render(
         request,
         "dataset.html",

@@ -24,8 +24,8 @@ from cloud.importers._import import import_path
 from cloud.importers._report import ExportReport, ImportReport, SkippedFile
 
 __all__ = [
-    "FORMATS",
     "ExportReport",
+    "FORMATS",
     "ImportReport",
     "SkippedFile",
     "export_dataset",

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ class Plan:
     entries: list[Entry] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # class names in format order
+    #: folders: entries streamed from the walk instead of ``entries`` (memory
+    #: stays flat in the number of files); ``total`` is their count
+    stream: Iterator[Entry] | None = None
+    total: int = 0
 
     def add_label(self, label: str) -> None:
         if label not in self.labels:
@@ -77,18 +82,26 @@ def json_kind(path: Path) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- folders
-def walk_folder(root: Path, plan: Plan, *, exclude: set[Path], display_root: str) -> None:
-    """Every image and video below ``root`` (sorted, recursive); other files
-    are reported as skipped."""
+def iter_folder(
+    root: Path, plan: Plan, *, exclude: set[Path], display_root: str
+) -> Iterator[Entry]:
+    """Every image and video below ``root`` (sorted, recursive), lazily; other
+    files are appended to ``plan.skipped`` as the walk reaches them."""
     root_real = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
         base = Path(dirpath)
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                rel = (base / d).relative_to(root).as_posix()
+                plan.skipped.append(
+                    SkippedFile(file=f"{display_root}/{rel}/", reason="hidden folder")
+                )
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = base / name
             rel = p.relative_to(root).as_posix()
             disp = f"{display_root}/{rel}"
-            if p.resolve() in exclude:
+            if exclude and p.resolve() in exclude:
                 continue
             if p.is_symlink():
                 try:
@@ -103,13 +116,30 @@ def walk_folder(root: Path, plan: Plan, *, exclude: set[Path], display_root: str
                 continue
             suffix = p.suffix.lower()
             if suffix in IMAGE_SUFFIXES:
-                plan.entries.append(Entry(p, disp, explicit=False))
+                yield Entry(p, disp, explicit=False)
             elif suffix in VIDEO_SUFFIXES:
-                plan.entries.append(Entry(p, disp, explicit=False, is_video=True))
+                yield Entry(p, disp, explicit=False, is_video=True)
             else:
                 plan.skipped.append(
                     SkippedFile(file=disp, reason=f"unsupported file type {suffix or '(none)'}")
                 )
+
+
+def count_folder(root: Path) -> int:
+    """How many files ``iter_folder`` may yield (for progress), without storing them."""
+    n = 0
+    for _dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                suffix = os.path.splitext(name)[1].lower()
+                n += suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
+    return n
+
+
+def walk_folder(root: Path, plan: Plan, *, exclude: set[Path], display_root: str) -> None:
+    """``iter_folder`` collected into ``plan.entries``."""
+    plan.entries.extend(iter_folder(root, plan, exclude=exclude, display_root=display_root))
 
 
 # ---------------------------------------------------------------- CSV labels

@@ -8,7 +8,10 @@ The pipeline, all-or-nothing per call:
    archive, that videos decode. Any problem here raises before anything is written.
 2. **read** - decode every image completely (truncation is detected), sample
    and de-duplicate video frames, store the bytes in the blob store and spool
-   one small record per sample to a temporary file (memory stays flat).
+   one small record per sample to a temporary file. Folders are walked lazily
+   and images decoded by a small thread pool in chunks, so memory stays flat
+   in the number of files (label files - COCO, YOLO, Label Studio, CSV - are
+   held in memory, as they are read whole).
    Blobs written by a call that later fails are harmless: content-addressed,
    referenced by nothing, and re-used by the next import of the same bytes.
 3. **commit** - create the dataset if asked, add labels, samples, memberships
@@ -26,6 +29,7 @@ the dataset keeps it; a different imported label is reported as skipped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -46,19 +50,21 @@ from cloud.catalog.models import (
     Dataset,
     DatasetSample,
     LineageEdge,
+    Task,
 )
-from cloud.errors import InvalidInput, NotFound
+from cloud.errors import Conflict, InvalidInput, NotFound
 from cloud.importers._archive import extract_zip, remove_tree
 from cloud.importers._formats import (
     Entry,
     Plan,
+    count_folder,
     is_yolo,
+    iter_folder,
     json_kind,
     read_coco,
     read_labels_csv,
     read_labelstudio,
     read_yolo,
-    walk_folder,
 )
 from cloud.importers._report import ImportReport, SkippedFile
 from cloud.importers._video import VideoStats, frame_step, probe_video, sample_frames
@@ -68,6 +74,8 @@ _COMMIT_BATCH = 500
 _READ_CHUNK = 64
 #: an archive may unpack to at most this many times the upload limit
 ARCHIVE_EXPANSION = 20
+#: imports adding at least this many samples refresh the planner statistics
+ANALYZE_AFTER = 1000
 
 
 def _no_progress(_f: float, _m: str) -> None:
@@ -90,7 +98,8 @@ def _plan_for(path: Path, display_root: str, exclude: set[Path]) -> Plan:
             if kind == "labelstudio":
                 return read_labelstudio(top_json[0], data, display_root)
         plan = Plan("folder")
-        walk_folder(path, plan, exclude=exclude, display_root=display_root)
+        plan.stream = iter_folder(path, plan, exclude=exclude, display_root=display_root)
+        plan.total = count_folder(path)
         return plan
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -182,8 +191,11 @@ def import_path(
     frame_step(25.0, every_k, every_s)  # validate sampling parameters up front
     with catalog.sessions() as s:
         exists = s.scalar(select(Dataset.id).where(Dataset.name == dataset)) is not None
+        task_ok = task_id is None or s.get(Task, task_id) is not None
     if not exists and not create:
         raise NotFound(f"no dataset {dataset!r} (use --create to make it)", field="name")
+    if not task_ok:
+        raise NotFound(f"no task {task_id}", field="task_id")
 
     report_progress(0.0, f"scanning {path.name}")
     extract_dir: Path | None = None
@@ -207,63 +219,59 @@ def import_path(
             root = path if path.is_dir() else path.parent
             plan = _plan_for(path, path.name if path.is_dir() else path.parent.name, exclude)
 
-        if csv_path is not None:
-            _apply_csv(plan, read_labels_csv(csv_path, [root, path.parent]), csv_path)
-
-        # videos: decodable? (explicit -> error, found -> skipped); weights for progress
-        video_steps: dict[int, int] = {}
-        weights: list[float] = []
-        kept: list[Entry] = []
-        for e in plan.entries:
-            if e.is_video:
-                try:
-                    fps, count = probe_video(e.path, e.display)
-                except InvalidInput as err:
-                    if e.explicit:
-                        raise
-                    plan.skipped.append(
-                        SkippedFile(file=e.display, reason=err.message.split(": ", 1)[-1])
-                    )
-                    continue
-                step = frame_step(fps, every_k, every_s)
-                video_steps[id(e)] = step
-                weights.append(max(1.0, count / step))
-            else:
-                weights.append(1.0)
-            kept.append(e)
-        plan.entries = kept
+        csv_labels = (
+            read_labels_csv(csv_path, [root, path.parent]) if csv_path is not None else None
+        )
+        if csv_labels is not None and plan.stream is None:
+            _apply_csv(plan, csv_labels, csv_path)  # type: ignore[arg-type]
+            csv_labels = None  # applied and checked before anything is read
+        if csv_labels is not None:
+            for label, _raw in csv_labels.values():
+                plan.add_label(label)
         report = ImportReport(
             dataset=dataset,
             dataset_id=0,
             kind=plan.kind,
             created=False,
-            files_seen=len(plan.entries) + len(plan.skipped),
-            skipped=list(plan.skipped),
             task_id=task_id,
         )
         with tempfile.TemporaryFile(mode="w+", encoding="utf-8", dir=catalog.tmp_dir) as spool:
-            n = _read_all(
-                catalog, plan, video_steps, weights, dedup_threshold, spool, report, report_progress
-            )
+            reader = _Reader(catalog, plan, every_k, every_s, dedup_threshold, csv_labels)
+            n = reader.run(spool, report, report_progress)
+            report.skipped[:0] = plan.skipped  # found-and-skipped files, in walk order
+            report.files_seen = reader.files + len(plan.skipped)
+            if csv_labels is not None:
+                _check_csv_used(csv_labels, reader.csv_used, csv_path)  # type: ignore[arg-type]
             report_progress(0.9, f"committing {n} samples")
-            spool.seek(0)
-            _commit(
-                catalog,
-                spool,
-                n,
-                plan,
-                dataset,
-                create,
-                task_id,
-                created_by,
-                pool,
-                report,
-                report_progress,
-                path,
-            )
+            snapshot = report.model_copy(deep=True)
+            for attempt in (1, 2):
+                spool.seek(0)
+                try:
+                    _commit(
+                        catalog,
+                        spool,
+                        n,
+                        plan,
+                        dataset,
+                        create,
+                        task_id,
+                        created_by,
+                        pool,
+                        report,
+                        report_progress,
+                        path,
+                    )
+                    break
+                except Conflict:
+                    # another import created the dataset meanwhile: commit into it
+                    if attempt == 2:
+                        raise
+                    report = snapshot.model_copy(deep=True)
     finally:
         if extract_dir is not None:
             remove_tree(extract_dir)
+    if report.added >= ANALYZE_AFTER:
+        catalog.optimize()  # fresh planner statistics keep filtered paging fast
     report.seconds = round(time.monotonic() - t0, 3)
     report_progress(1.0, f"imported {report.added} new samples into {dataset}")
     return report
@@ -272,12 +280,22 @@ def import_path(
 def _apply_csv(plan: Plan, labels: dict[Path, tuple[str, str]], csv_path: Path) -> None:
     used: set[Path] = set()
     for e in plan.entries:
-        key = e.path.resolve()
-        if key in labels:
-            e.label = labels[key][0]
-            e.explicit = True  # named by the CSV: must import, or the call fails
-            plan.add_label(e.label)
-            used.add(key)
+        if _label_from_csv(e, labels):
+            used.add(e.path.resolve())
+            plan.add_label(e.label)  # type: ignore[arg-type]
+    _check_csv_used(labels, used, csv_path)
+
+
+def _label_from_csv(e: Entry, labels: dict[Path, tuple[str, str]]) -> bool:
+    hit = labels.get(e.path.resolve())
+    if hit is None:
+        return False
+    e.label = hit[0]
+    e.explicit = True  # named by the CSV: must import, or the call fails
+    return True
+
+
+def _check_csv_used(labels: dict[Path, tuple[str, str]], used: set[Path], csv_path: Path) -> None:
     unused = [raw for k, (_lab, raw) in labels.items() if k not in used]
     if unused:
         more = f" (and {len(unused) - 5} more)" if len(unused) > 5 else ""
@@ -318,102 +336,120 @@ def _read_image(catalog: Catalog, e: Entry) -> dict[str, Any] | SkippedFile:
     }
 
 
-def _read_all(
-    catalog: Catalog,
-    plan: Plan,
-    video_steps: dict[int, int],
-    weights: list[float],
-    dedup_threshold: int,
-    spool: Any,
-    report: ImportReport,
-    progress: Progress,
-) -> int:
-    total_w = sum(weights) or 1.0
-    done_w = 0.0
-    n = 0
-    last_emit = 0.0
+class _Reader:
+    """Phase 2: decode, store and spool every entry (streamed, flat memory)."""
 
-    def emit(msg: str) -> None:
-        nonlocal last_emit
+    def __init__(
+        self,
+        catalog: Catalog,
+        plan: Plan,
+        every_k: int | None,
+        every_s: float | None,
+        dedup_threshold: int,
+        csv_labels: dict[Path, tuple[str, str]] | None,
+    ) -> None:
+        self.catalog = catalog
+        self.plan = plan
+        self.every_k, self.every_s = every_k, every_s
+        self.dedup_threshold = dedup_threshold
+        self.csv_labels = csv_labels
+        self.csv_used: set[Path] = set()
+        self.files = 0
+        self.n = 0
+        self.total = max(plan.total if plan.stream is not None else len(plan.entries), 1)
+        self.done = 0.0
+        self._last_emit = 0.0
+
+    def _entries(self) -> Iterator[Entry]:
+        src = self.plan.stream if self.plan.stream is not None else iter(self.plan.entries)
+        for e in src:
+            self.files += 1
+            if self.csv_labels is not None and _label_from_csv(e, self.csv_labels):
+                self.csv_used.add(e.path.resolve())
+            yield e
+
+    def _emit(self, progress: Progress, msg: str) -> None:
         now = time.monotonic()
-        if now - last_emit >= 0.1:
-            last_emit = now
-            progress(0.02 + 0.88 * min(done_w / total_w, 1.0), msg)
+        if now - self._last_emit >= 0.1:
+            self._last_emit = now
+            progress(0.02 + 0.88 * min(self.done / self.total, 1.0), msg)
 
-    def write(rec: dict[str, Any]) -> None:
-        nonlocal n
+    def _write(self, spool: Any, rec: dict[str, Any]) -> None:
         spool.write(json.dumps(rec, separators=(",", ":")))
         spool.write("\n")
-        n += 1
+        self.n += 1
 
-    workers = min(8, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        i = 0
-        entries = plan.entries
-        while i < len(entries):
-            e = entries[i]
-            if e.is_video:
-                stats = VideoStats()
-                step = video_steps[id(e)]
-                w = weights[i]
-                base = done_w
+    def run(self, spool: Any, report: ImportReport, progress: Progress) -> int:
+        workers = min(8, (os.cpu_count() or 2) * 2)
+        it = self._entries()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+            while True:
+                chunk = list(itertools.islice(it, _READ_CHUNK))
+                if not chunk:
+                    break
+                images = [e for e in chunk if not e.is_video]
+                for res in pool.map(lambda en: _read_image(self.catalog, en), images):
+                    if isinstance(res, SkippedFile):
+                        report.skipped.append(res)
+                    else:
+                        report.images_read += 1
+                        self._write(spool, res)
+                self.done += len(images)
+                self._emit(progress, f"read {report.images_read} images")
+                for e in chunk:
+                    if e.is_video:
+                        self._video(e, spool, report, progress)
+        return self.n
 
-                def on_frame(
-                    idx: int,
-                    base: float = base,
-                    w: float = w,
-                    step: int = step,
-                    stats: VideoStats = stats,
-                    e: Entry = e,
-                ) -> None:
-                    nonlocal done_w
-                    est = max(stats.frames, 1) / step
-                    done_w = base + w * min((idx / step) / max(est, 1.0), 1.0)
-                    emit(f"{e.display}: frame {idx}")
+    def _video(self, e: Entry, spool: Any, report: ImportReport, progress: Progress) -> None:
+        try:
+            fps, _count = probe_video(e.path, e.display)
+        except InvalidInput as err:
+            if e.explicit:
+                raise
+            report.skipped.append(
+                SkippedFile(file=e.display, reason=err.message.split(": ", 1)[-1])
+            )
+            self.done += 1
+            return
+        step = frame_step(fps, self.every_k, self.every_s)
+        stats = VideoStats()
+        base = self.done
 
-                for fr in sample_frames(
-                    e.path,
-                    e.display,
-                    step=step,
-                    dedup_threshold=dedup_threshold,
-                    stats=stats,
-                    on_frame=on_frame,
-                ):
-                    sha = catalog.blobs.put(fr.jpeg)
-                    write(
-                        {
-                            "s": {
-                                "id": sha,
-                                "media_type": "image/jpeg",
-                                "width": fr.width,
-                                "height": fr.height,
-                                "size": len(fr.jpeg),
-                                "phash": fr.phash,
-                                "source": f"{e.display}#frame={fr.index}",
-                                "frame_index": fr.index,
-                            },
-                            "a": _annotation(e, fr.width, fr.height),
-                            "f": e.display,
-                        }
-                    )
-                report.frames_sampled += stats.sampled
-                report.duplicates_removed += stats.duplicates
-                done_w = base + w
-                i += 1
-                continue
-            j = i
-            while j < len(entries) and j - i < _READ_CHUNK and not entries[j].is_video:
-                j += 1
-            for res in pool.map(lambda en: _read_image(catalog, en), entries[i:j]):
-                if isinstance(res, SkippedFile):
-                    report.skipped.append(res)
-                else:
-                    report.images_read += 1
-                    write(res)
-            done_w += sum(weights[i:j])
-            emit(f"read {report.images_read} images")
-            i = j
-    return n
+        def on_frame(idx: int) -> None:
+            est = max(stats.frames, 1)
+            self.done = base + min(idx / est, 1.0)
+            self._emit(progress, f"{e.display}: frame {idx}")
+
+        for fr in sample_frames(
+            e.path,
+            e.display,
+            step=step,
+            dedup_threshold=self.dedup_threshold,
+            stats=stats,
+            on_frame=on_frame,
+        ):
+            sha = self.catalog.blobs.put(fr.jpeg)
+            self._write(
+                spool,
+                {
+                    "s": {
+                        "id": sha,
+                        "media_type": "image/jpeg",
+                        "width": fr.width,
+                        "height": fr.height,
+                        "size": len(fr.jpeg),
+                        "phash": fr.phash,
+                        "source": f"{e.display}#frame={fr.index}",
+                        "frame_index": fr.index,
+                    },
+                    "a": _annotation(e, fr.width, fr.height),
+                    "f": e.display,
+                },
+            )
+        report.frames_sampled += stats.sampled
+        report.duplicates_removed += stats.duplicates
+        self.done = base + 1
 
 
 def _iter_batches(spool: Any, size: int) -> Iterator[list[dict[str, Any]]]:

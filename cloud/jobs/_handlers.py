@@ -76,7 +76,8 @@ def as_result(value: Any) -> dict[str, Any]:
 
 
 def import_handler(ctx: JobContext) -> dict[str, Any]:
-    """Import a file or folder into a dataset: params ``path``, ``dataset``, ``labels_csv``.
+    """Import a file or folder into a dataset: params ``path``, ``dataset``, optional
+    ``labels_csv``, ``every_k``, ``every_s``, ``dedup_threshold``, ``created_by``.
 
     Importing is idempotent (content ids), so a re-run after a crash adds only
     what the first run had not committed.
@@ -89,6 +90,9 @@ def import_handler(ctx: JobContext) -> dict[str, Any]:
     from cloud.importers import import_path
 
     labels = params.get("labels_csv")
+    options = {
+        k: params[k] for k in ("every_k", "every_s", "dedup_threshold") if params.get(k) is not None
+    }
     catalog = Catalog.open(ctx.settings)
     try:
         report = import_path(
@@ -98,6 +102,8 @@ def import_handler(ctx: JobContext) -> dict[str, Any]:
             labels_csv=Path(labels) if labels else None,
             progress=ctx.progress,
             task_id=ctx.task_id,
+            created_by=str(params.get("created_by", "")),
+            **options,
         )
     finally:
         close = getattr(catalog, "close", None)

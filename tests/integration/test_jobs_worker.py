@@ -340,3 +340,30 @@ def test_worker_rejects_bad_handler_spec(env: Env) -> None:
     assert r.returncode == 2 and "no_such_module_xyz" in r.stderr
     r = env.cli("worker", "--handlers", "justamodule")
     assert r.returncode == 2 and "module:attr" in r.stderr
+
+
+def test_builtin_import_handler_runs_an_import_task(env: Env, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cloud.jobs import Worker
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 24), (i * 80, 10, 200 - i * 50)).save(folder / f"im{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    good = env.queue.submit(
+        TaskKind.IMPORT, {"path": str(folder), "dataset": "street"}, created_by="tester"
+    )
+    missing = env.queue.submit(
+        TaskKind.IMPORT, {"path": str(tmp_path / "nope"), "dataset": "street"}
+    )
+    Worker(env.settings, block_ms=200).run(idle_exit_s=1.0)
+    t = env.queue.get(good.id)
+    assert t.status == TaskStatus.SUCCEEDED, (t.error, t.message)
+    assert t.progress == 1.0
+    assert t.result["added"] == 3 and t.result["task_id"] == good.id
+    assert [s["file"].endswith("broken.jpg") for s in t.result["skipped"]] == [True]
+    t = env.queue.get(missing.id)
+    assert t.status == TaskStatus.FAILED and t.attempts == 1  # bad input: no retry
+    assert "nope" in (t.error or "")

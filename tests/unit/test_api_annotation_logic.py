@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from sqlalchemy import func, select
 
-from cloud.catalog import annotation as ann
 from cloud.catalog import Catalog
+from cloud.catalog import annotation as ann
 from cloud.catalog.db import transaction
 from cloud.catalog.models import (
     Annotation,

@@ -78,3 +78,35 @@ def test_pretrain_train_and_gate(catalog: Catalog) -> None:
     second = train_dataset(catalog, "street")
     assert second.version == "1.1.0"
     assert second.gate.baseline is not None and not second.gate.publish
+
+
+def test_publish_trained_model_to_store(catalog: Catalog, tmp_path: Path) -> None:
+    import algorithm_store as st
+    from cloud.errors import Conflict
+    from cloud.flywheel._publish import publish_model
+
+    _fill(catalog, 40, 40)
+    key = st.load_private_key(st.keygen(tmp_path / "keys"))
+    store = st.AlgorithmStore(tmp_path / "store", private_key=key)
+    first = train_dataset(catalog, "street", algorithm="street_objects")
+    out = publish_model(
+        catalog,
+        store,
+        "street_objects",
+        first.version,
+        scenes=["street"],
+        detects=["cone"],
+        event_rules=[{"event": "cone_on_road", "labels": ["cone"]}],
+    )
+    assert store.channels("street_objects") == {"canary": "1.0.0"}
+    info = store.version("street_objects", "1.0.0")
+    assert info.manifest.lineage.training_task == first.task_id
+    assert info.manifest.input.preprocess.resize == (64, 64)
+    assert out["package_sha256"] == store.artifact_ref("street_objects", "1.0.0").sha256
+    with pytest.raises(Conflict, match="already published"):
+        publish_model(catalog, store, "street_objects", "1.0.0")
+    second = train_dataset(catalog, "street", algorithm="street_objects")
+    assert not second.gate.publish
+    with pytest.raises(Conflict, match="gate refuses"):
+        publish_model(catalog, store, "street_objects", second.version)
+    assert [v.version for v in store.versions("street_objects")] == ["1.0.0"]

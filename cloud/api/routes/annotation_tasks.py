@@ -10,7 +10,14 @@ from cloud.api.deps import AnnotatorUser, CatalogDep, OperatorUser, SessionDep, 
 from cloud.api.errors import ERROR_RESPONSES
 from cloud.api.routes.events import publish_event
 from cloud.catalog import annotation as ann
-from cloud.catalog.models import Annotation, AnnotationKind, AnnotationSource, ReviewState, Task
+from cloud.catalog.models import (
+    Annotation,
+    AnnotationKind,
+    AnnotationSource,
+    ReviewState,
+    Task,
+    utcnow,
+)
 
 router = APIRouter(prefix="/annotation-tasks", tags=["annotation tasks"], responses=ERROR_RESPONSES)
 
@@ -61,7 +68,7 @@ class SubmitOut(BaseModel):
 
 def _publish(request: Request, task: Task) -> None:
     publish_event(
-        request.app.state.settings.redis_url,
+        request.app.state.settings,
         {
             "type": "task",
             "task_id": task.id,
@@ -69,6 +76,7 @@ def _publish(request: Request, task: Task) -> None:
             "status": task.status.value,
             "progress": task.progress,
             "message": task.message,
+            "at": utcnow().isoformat(),
         },
     )
 

@@ -3,13 +3,27 @@ direct annotation of a sample, uploads and exports."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import datetime
+from pathlib import Path as FsPath
+from typing import Literal
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from starlette.background import BackgroundTask
 
-from cloud.api.deps import AnnotatorUser, CatalogDep, OperatorUser, SessionDep, ViewerUser
+from cloud.api._paging import page_samples
+from cloud.api.deps import (
+    AnnotatorUser,
+    CatalogDep,
+    OperatorUser,
+    SessionDep,
+    SettingsDep,
+    ViewerUser,
+)
 from cloud.api.errors import ERROR_RESPONSES
 from cloud.api.routes.annotation_tasks import AnnotationOut
 from cloud.catalog import DatasetStats, Page, SampleView
@@ -136,7 +150,8 @@ def list_samples(
     limit: int = Query(default=50, ge=1, le=500),
     after: str | None = Query(default=None, max_length=200, description="keyset cursor"),
 ) -> Page[SampleView]:
-    return catalog.list_samples(
+    return page_samples(
+        catalog,
         name,
         label=label,
         source=source,
@@ -204,4 +219,41 @@ def create_version(
     """Freeze membership + current labels as the next immutable version."""
     return VersionOut.model_validate(
         catalog.create_version(name, note=body.note, created_by=user.name)
+    )
+
+
+@router.get(
+    "/{name}/export",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+def export(
+    _: ViewerUser,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    name: str = DatasetPath,
+    format: Literal["coco", "yolo", "csv"] = "coco",
+    version: int | None = Query(default=None, ge=1, le=10**9, description="default: working set"),
+) -> FileResponse:
+    """The dataset (or one version) exported as COCO, YOLO or CSV, in a zip."""
+    from cloud.importers import export_dataset
+
+    ds = catalog.get_dataset(name)
+    root = settings.data_dir / "exports"
+    root.mkdir(parents=True, exist_ok=True)
+    work = FsPath(tempfile.mkdtemp(prefix="export-", dir=root))
+    try:
+        export_dataset(catalog, ds.name, format, work / "out", version)
+        archive = shutil.make_archive(str(work / ds.name), "zip", root_dir=work / "out")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    suffix = f"-v{version}" if version else ""
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=f"{ds.name}{suffix}-{format}.zip",
+        background=BackgroundTask(shutil.rmtree, work, True),
     )

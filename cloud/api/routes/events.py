@@ -1,5 +1,6 @@
 """GET /events: Server-Sent Events relaying the Redis pub/sub channel
-``citybrain:events`` (task progress published by workers and the API)."""
+``settings.events_channel`` (default ``citybrain:events``): task progress
+published by workers and by the API."""
 
 from __future__ import annotations
 
@@ -12,21 +13,21 @@ from fastapi.responses import StreamingResponse
 
 from cloud.api.deps import SettingsDep, ViewerUser
 from cloud.api.errors import ERROR_RESPONSES
+from cloud.core.config import Settings
 from cloud.errors import Unavailable
 
-CHANNEL = "citybrain:events"
 KEEPALIVE_S = 15.0
 
 router = APIRouter(tags=["events"], responses=ERROR_RESPONSES)
 
 
-async def _subscribe(redis_url: str):  # type: ignore[no-untyped-def]
+async def _subscribe(redis_url: str, channel: str):  # type: ignore[no-untyped-def]
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(redis_url, socket_connect_timeout=2)
     pubsub = client.pubsub()
     try:
-        await pubsub.subscribe(CHANNEL)
+        await pubsub.subscribe(channel)
     except Exception as e:  # noqa: BLE001 - any connection failure is "unavailable"
         await client.aclose()
         raise Unavailable(f"cannot subscribe to live events on Redis: {e}") from None
@@ -46,11 +47,12 @@ def sse(data: str, event: str | None = None) -> str:
 async def events(request: Request, _: ViewerUser, settings: SettingsDep) -> StreamingResponse:
     """Live task updates: each SSE `data:` is one JSON object
     `{"type": "task", "task_id", "kind", "status", "progress", "message"}`."""
-    client, pubsub = await _subscribe(settings.redis_url)
+    channel = settings.events_channel
+    client, pubsub = await _subscribe(settings.redis_url, channel)
 
     async def stream() -> AsyncIterator[str]:
         try:
-            yield sse(json.dumps({"type": "hello", "channel": CHANNEL}), "hello")
+            yield sse(json.dumps({"type": "hello", "channel": channel}), "hello")
             idle = 0.0
             while True:
                 if await request.is_disconnected():
@@ -80,14 +82,14 @@ async def events(request: Request, _: ViewerUser, settings: SettingsDep) -> Stre
     )
 
 
-def publish_event(redis_url: str, payload: dict) -> bool:
+def publish_event(settings: Settings, payload: dict) -> bool:
     """Best-effort publish of a live update (False when Redis cannot be reached)."""
     try:
         import redis
 
-        r = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
-            r.publish(CHANNEL, json.dumps(payload, default=str))
+            r.publish(settings.events_channel, json.dumps(payload, default=str))
         finally:
             r.close()
         return True

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
-from cloud.api.deps import SessionDep, ViewerUser
+from cloud.api.deps import CatalogDep, OperatorUser, SessionDep, SettingsDep, ViewerUser
 from cloud.api.errors import ERROR_RESPONSES
 from cloud.catalog.models import Dataset, Task, TaskKind, TaskLog, TaskStatus
-from cloud.errors import NotFound
+from cloud.errors import Conflict, NotFound, Unavailable
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
@@ -103,3 +103,71 @@ def get_task(
     )[::-1]
     out = TaskOut.model_validate(task).model_dump()
     return TaskDetail(**out, logs=[TaskLogOut.model_validate(x) for x in logs])
+
+
+def _queue(settings, catalog):  # type: ignore[no-untyped-def]
+    from cloud.jobs import JobQueue
+
+    return JobQueue(settings, sessions=catalog.sessions)
+
+
+def _existing(session, task_id: str) -> Task:  # type: ignore[no-untyped-def]
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id!r}", field="task_id")
+    return task
+
+
+@router.post("/{task_id}/cancel", response_model=TaskOut)
+def cancel_task(
+    user: OperatorUser,
+    session: SessionDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    task_id: str = Path(max_length=64),
+) -> TaskOut:
+    """Cancel a queued task, ask the worker running one to stop, or close an
+    annotation task (labels already made are kept)."""
+    import redis
+
+    from cloud.catalog import annotation as ann
+
+    task = _existing(session, task_id)
+    if task.kind == TaskKind.ANNOTATION:
+        ann.close_task(session, task_id, force=True)
+        session.commit()
+        return TaskOut.model_validate(session.get(Task, task_id))
+    if task.status.finished:
+        raise Conflict(f"task {task_id} is already {task.status.value}", field="task_id")
+    session.close()
+    try:
+        done = _queue(settings, catalog).cancel(task_id)
+    except redis.RedisError as e:
+        raise Unavailable(f"the job queue (Redis) cannot be reached: {e}") from None
+    return TaskOut.model_validate(done)
+
+
+@router.post("/{task_id}/retry", response_model=TaskOut)
+def retry_task(
+    user: OperatorUser,
+    session: SessionDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    task_id: str = Path(max_length=64),
+) -> TaskOut:
+    """Re-queue a failed or dead-lettered task."""
+    import redis
+
+    task = _existing(session, task_id)
+    if task.kind == TaskKind.ANNOTATION:
+        raise Conflict("annotation tasks are not run by workers", field="task_id")
+    if task.status not in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.QUEUED):
+        raise Conflict(
+            f"task {task_id} is {task.status.value}; only failed or dead tasks are retried"
+        )
+    session.close()
+    try:
+        done = _queue(settings, catalog).retry(task_id, by=user.name)
+    except redis.RedisError as e:
+        raise Unavailable(f"the job queue (Redis) cannot be reached: {e}") from None
+    return TaskOut.model_validate(done)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path as FsPath
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
@@ -102,7 +104,9 @@ class _LimitedReceive:
         return message
 
 
-async def receive_upload(request: Request, dest: FsPath, limit: int, filename: str | None) -> tuple[list[FsPath], FsPath | None]:
+async def receive_upload(
+    request: Request, dest: FsPath, limit: int, filename: str | None
+) -> tuple[list[FsPath], FsPath | None]:
     """Stream the request's file(s) into ``dest``; returns (files, labels csv)."""
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -202,20 +206,96 @@ async def upload(
         files, labels = await receive_upload(request, dest, limit, filename)
         path = files[0] if len(files) == 1 else dest / "files"
         report = await run_in_threadpool(
-            _import, import_path, catalog, path, name, labels, user.name
+            _import_as_task, import_path, settings, catalog, path, name, labels, user.name
         )
         return report.model_dump(mode="json")
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-def _import(import_path, catalog, path, name, labels, who):  # type: ignore[no-untyped-def]
-    kwargs: dict[str, Any] = {}
-    if labels is not None:
-        kwargs["labels_csv"] = labels
+def _import_as_task(import_path, settings, catalog, path, name, labels, who):  # type: ignore[no-untyped-def]
+    """Run the import recorded as an ``import`` task: progress goes to the task
+    row (at most twice a second) and live to the events channel; a failed
+    import leaves a failed task naming the error (and nothing else)."""
+    from cloud.api.routes.events import publish_event
+    from cloud.catalog.db import transaction
+    from cloud.catalog.models import Dataset, Task, TaskKind, TaskStatus, utcnow
+    from cloud.errors import CitybrainError
+    from cloud.jobs import task_event, transition
+
+    with transaction(catalog.sessions) as s:
+        ds_id = s.scalar(select(Dataset.id).where(Dataset.name == name))
+        task = Task(
+            kind=TaskKind.IMPORT,
+            status=TaskStatus.QUEUED,
+            title=f"upload {path.name} into {name}",
+            dataset_id=ds_id,
+            params={"dataset": name, "file": path.name, "via": "upload"},
+            created_by=who,
+        )
+        s.add(task)
+        s.flush()
+        task_id = task.id
+    transition(
+        catalog.sessions,
+        task_id,
+        TaskStatus.QUEUED,
+        TaskStatus.RUNNING,
+        attempts=1,
+        started_at=utcnow(),
+        heartbeat_at=utcnow(),
+    )
+    publish_event(
+        settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.RUNNING, 0.0, "receiving")
+    )
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5:
+            return
+        last[0] = now
+        with transaction(catalog.sessions) as s:
+            t = s.get(Task, task_id)
+            if t is not None:
+                t.progress, t.message, t.heartbeat_at = float(fraction), message, utcnow()
+        publish_event(
+            settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.RUNNING, fraction, message)
+        )
+
     try:
-        return import_path(catalog, path, name, created_by=who, **kwargs)
-    except TypeError as e:
-        if "created_by" not in str(e):
-            raise
-        return import_path(catalog, path, name, **kwargs)
+        report = import_path(
+            catalog,
+            path,
+            name,
+            labels_csv=labels,
+            created_by=who,
+            task_id=task_id,
+            progress=progress,
+        )
+    except BaseException as e:
+        msg = e.message if isinstance(e, CitybrainError) else f"{type(e).__name__}: {e}"
+        transition(
+            catalog.sessions,
+            task_id,
+            TaskStatus.RUNNING,
+            TaskStatus.FAILED,
+            error=msg,
+            message="failed",
+        )
+        publish_event(settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.FAILED, 0.0, msg))
+        raise
+    report.task_id = task_id
+    done = f"{report.added} added, {report.existing} already there, {len(report.skipped)} skipped"
+    transition(
+        catalog.sessions,
+        task_id,
+        TaskStatus.RUNNING,
+        TaskStatus.SUCCEEDED,
+        progress=1.0,
+        message=done,
+        result=report.model_dump(mode="json"),
+        dataset_id=report.dataset_id,
+    )
+    publish_event(settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.SUCCEEDED, 1.0, done))
+    return report

@@ -127,8 +127,13 @@ def simulate(
     split_seed: int = 0,
     strategy_cfg: dict[str, dict] | None = None,
     progress: Callable[[str], None] | None = None,
+    on_round: Callable[[str, int, int, np.ndarray, float], None] | None = None,
 ) -> dict:
-    """Run the oracle loop; return ``{"full_supervision", "curves", "std", "seconds"}``."""
+    """Run the oracle loop; return ``{"full_supervision", "curves", "std", "seconds"}``.
+
+    ``on_round(strategy, seed, budget, revealed_labels, accuracy)`` (optional)
+    sees the original labels revealed so far after every round (e.g. to count
+    when a rare class is first found)."""
     t0 = time.perf_counter()
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2:
@@ -174,6 +179,8 @@ def simulate(
                 res = train_eval(xp[labeled], yp[labeled], xt, yt, xp, n_classes, seed)
                 probs = res.pool_probs
                 table[si, r] = res.accuracy
+                if on_round:
+                    on_round(name, seed, budget, classes[yp[labeled]], res.accuracy)
             if progress:
                 progress(f"{name} seed {seed}: " + " ".join(f"{a:.3f}" for a in table[si]))
         acc[name] = table

@@ -19,7 +19,8 @@ Strategies (``make_strategy(name, **cfg)``):
   pick the most typical point (inverse mean distance to its 20 nearest
   neighbours inside the cluster).
 - ``probcover`` (coverage, Yehuda, Dekel, Hacohen & Weinshall 2022, "Active
-  learning through a covering lens"): a δ-ball graph over faiss neighbours, δ
+  learning through a covering lens"): a δ-ball graph over faiss neighbours (the
+  512 nearest, on a sample of at most 20,000 points at scale), δ
   the largest radius whose balls stay 95% pure under k-means pseudo-labels;
   greedy maximum coverage of the not-yet-covered points.
 - ``badge`` (Ash, Zhang, Krishnamurthy, Langford & Agarwal 2020, "Deep batch
@@ -62,6 +63,7 @@ from ._scale import (
     kcenter_candidates,
     kcenter_greedy,
     kmeans_assign,
+    knn_mean_distance,
     nearest_distance,
     pool_mean,
     sample_indices,
@@ -211,12 +213,21 @@ def typiclust(
     knn: int = 20,
     min_cluster_size: int = 5,
     max_clusters: int = 50_000,
-    typicality_sample: int = 2_000,
+    typicality_sample: int = 1_000,
+    typicality_ref: int = 300,
 ) -> Strategy:
     def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
         mask = _candidates(state, budget)
         return _typiclust_select(
-            state, mask, budget, rng, knn, min_cluster_size, max_clusters, typicality_sample
+            state,
+            mask,
+            budget,
+            rng,
+            knn,
+            min_cluster_size,
+            max_clusters,
+            typicality_sample,
+            typicality_ref,
         )
 
     return select
@@ -231,14 +242,29 @@ def _typiclust_select(
     min_cluster_size: int,
     max_clusters: int,
     typicality_sample: int,
+    typicality_ref: int = 300,
     name: str = "typiclust",
+    pool_sample: int = 200_000,
 ) -> Selection:
-    import faiss
-
     if budget == 0:
         return Selection(np.zeros(0, np.int64), [], np.zeros(0), name)
     x = state.embeddings
     covered = state.covered()
+    if x.shape[0] > pool_sample:
+        # huge pool: cluster and rank a random sample of the selectable points
+        # (plus everything covered); the most typical point of a dense region
+        # is in any large sample, and the cost no longer grows with N.
+        free = np.flatnonzero(mask)
+        sub = np.union1d(free[sample_indices(free.size, pool_sample, rng)], covered)
+        sub_state = PoolState(
+            embeddings=gather(x, sub), labeled=np.flatnonzero(np.isin(sub, covered))
+        )
+        sel = _typiclust_select(
+            sub_state, mask[sub], budget, rng, knn, min_cluster_size, max_clusters,
+            typicality_sample, typicality_ref, name, pool_sample,
+        )  # fmt: skip
+        note = f" [clusters of a {sub.size:,}-sample of the {x.shape[0]:,} pool]"
+        return Selection(sub[sel.indices], [r + note for r in sel.reasons], sel.scores, name)
     k = int(min(covered.size + budget, max_clusters, x.shape[0]))
     _, assign, _ = kmeans_assign(x, k, rng)
     sizes = np.bincount(assign, minlength=k)
@@ -259,28 +285,22 @@ def _typiclust_select(
         # fewest labels first, then largest cluster, then lowest id
         key = np.lexsort((np.arange(k), -sizes, counts))
         c = int(key[ok[key]][0])
-        if c not in typ_cache:
+        cached = typ_cache.get(c)
+        if cached is None or not free[cached[0]].any():
+            # typicality within the cluster, on (a sample of) its free members
+            # (exact below typicality_sample members; above, the typicality of a
+            # sample of members, measured against a reference sample of the cluster)
             members = order[starts[c] : starts[c + 1]]
-            ref = (
-                members
-                if members.size <= typicality_sample
-                else members[sample_indices(members.size, typicality_sample, rng)]
-            )
-            xm = gather(x, members)
-            kk = min(knn, ref.size - 1)
-            if kk <= 0:
-                typ = np.ones(members.size)
-            else:
-                index = faiss.IndexFlatL2(x.shape[1])
-                index.add(gather(x, ref))
-                d2, _ = index.search(xm, kk + 1)
-                d = np.sqrt(np.maximum(d2, 0.0))
-                # drop the self-match when the member is in the reference set
-                in_ref = np.isin(members, ref)
-                mean = np.where(in_ref, d[:, 1:].mean(axis=1), d[:, :kk].mean(axis=1))
-                typ = 1.0 / (mean + 1e-8)
-            typ_cache[c] = (members, typ)
-        members, typ = typ_cache[c]
+            members = members[free[members]]
+            if members.size > typicality_sample:
+                members = members[sample_indices(members.size, typicality_sample, rng)]
+            ref = None
+            if members.size > typicality_ref:
+                ref = sample_indices(members.size, typicality_ref, rng)
+            d = knn_mean_distance(gather(x, members), knn, ref).astype(np.float64)
+            typ = 1.0 / (d + 1e-8)
+            typ_cache[c] = cached = (members, typ)
+        members, typ = cached
         t = np.where(free[members], typ, -np.inf)
         j = int(np.argmax(t))
         i = int(members[j])
@@ -300,8 +320,8 @@ def _typiclust_select(
 def probcover(
     delta: float | None = None,
     purity: float = 0.95,
-    neighbours: int = 32,
-    sample_size: int = 50_000,
+    neighbours: int = 512,
+    sample_size: int = 20_000,
 ) -> Strategy:
     def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
         mask = _candidates(state, budget)
@@ -405,7 +425,7 @@ def _probcover_select(
 def badge(sample_size: int = 50_000) -> Strategy:
     def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
         mask = _candidates(state, budget)
-        if state.probs is None:
+        if state.probs is None or budget == 0:
             sel = random_strategy(state, budget, rng)
             return Selection(
                 sel.indices, ["no model yet: random start"] * budget, sel.scores, "badge"
@@ -561,7 +581,7 @@ def auto(
             tag = "[many labels: uncertainty+diversity] "
         else:
             main = _typiclust_select(
-                state, m, budget - n_novel, rng, 20, 5, 50_000, 2_000, name="auto"
+                state, m, budget - n_novel, rng, 20, 5, 50_000, 1_000, 300, name="auto"
             )
             tag = "[few labels: typicality] "
         main.reasons = [tag + r for r in main.reasons]

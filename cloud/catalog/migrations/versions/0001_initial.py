@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 08:41:42.138726
+Create Date: 2026-11-28 08:54:44.977576
 """
 from alembic import op
 import sqlalchemy as sa
@@ -57,6 +57,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
+    with op.batch_alter_table('samples', schema=None) as batch_op:
+        batch_op.create_index('ix_samples_camera', ['camera'], unique=False)
+        batch_op.create_index('ix_samples_device', ['device'], unique=False)
+
     op.create_table('tasks',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('kind', sa.Enum('import', 'annotation', 'mining', 'training', 'pretraining', 'embedding', 'export', 'evaluation', name='taskkind', native_enum=False, length=32), nullable=False),
@@ -220,7 +224,7 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=16), nullable=False),
     sa.Column('src', sa.String(length=620), nullable=False),
     sa.Column('dst', sa.String(length=620), nullable=False),
-    sa.Column('attrs', sa.JSON(), nullable=False),
+    sa.Column('attrs', sa.JSON(none_as_null=True), nullable=True),
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('kg_edges', schema=None) as batch_op:
@@ -237,7 +241,7 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('type', sa.String(length=16), nullable=False),
     sa.Column('node_id', sa.String(length=600), nullable=False),
-    sa.Column('attrs', sa.JSON(), nullable=False),
+    sa.Column('attrs', sa.JSON(none_as_null=True), nullable=True),
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('kg_nodes', schema=None) as batch_op:
@@ -291,6 +295,10 @@ def downgrade() -> None:
 
     op.drop_table('annotations')
     op.drop_table('tasks')
+    with op.batch_alter_table('samples', schema=None) as batch_op:
+        batch_op.drop_index('ix_samples_device')
+        batch_op.drop_index('ix_samples_camera')
+
     op.drop_table('samples')
     op.drop_table('datasets')
     op.drop_table('api_tokens')

@@ -1,0 +1,126 @@
+"""The artifact cache (LRU, pins, limit) and the hard-sample outbox (cap, acks, restart)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import CacheFull
+from edge_agent._cache import ArtifactCache
+from edge_agent._config import HardSampleConfig, SelectorSpec
+from edge_agent._hard import HardSampler
+from edge_agent._outbox import Outbox
+from edge_agent._runtime import Result
+from edge_agent._stats import Stats
+from edge_agent.protocol import HardSample, decode
+from tests.edge_support import Keys, build_package
+
+
+def staged(root: Path, name: str, size: int) -> tuple[str, Path]:
+    d = root / f"stage-{name}"
+    d.mkdir()
+    (d / "f").write_bytes(os.urandom(size))
+    return name * 64, d
+
+
+def test_cache_lru_never_evicts_pinned(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "c", max_bytes=300)
+    shas = []
+    for n in "abc":
+        sha, d = staged(tmp_path, n, 100)
+        cache.make_room(100, for_what=n)
+        cache.add(sha, d)
+        shas.append(sha)
+    a, b, c = shas
+    cache.touch(a)  # a is now the most recently used
+    cache.pin(b)
+    assert cache.make_room(100, for_what="d") == [c]  # b pinned, a recent: c goes
+    assert cache.has(a) and cache.has(b) and not cache.has(c)
+    with pytest.raises(CacheFull, match="held by models in use"):
+        cache.make_room(250, for_what="e")
+    assert cache.has(b)
+    with pytest.raises(CacheFull, match="more than the cache limit"):
+        cache.make_room(301, for_what="huge")
+    with pytest.raises(CacheFull, match="in use"):
+        cache.remove(b)
+    cache.unpin(b)
+    cache.remove(b)
+    # the index survives a restart, and unindexed dirs are found again
+    sha_d, d = staged(tmp_path, "d", 10)
+    os.replace(d, tmp_path / "c" / sha_d)
+    again = ArtifactCache(tmp_path / "c", max_bytes=300)
+    assert sorted(again.entries()) == sorted([a, sha_d])
+
+
+def test_outbox_cap_acks_and_restart(tmp_path: Path) -> None:
+    stats = Stats()
+    ob = Outbox(tmp_path / "o.sqlite", max_rows=3, stats=stats)
+    for i in range(5):
+        ob.add(f"key-{i}", "t", b"p%d" % i)
+    assert ob.count() == 3 and stats.get("outbox_dropped") == 2
+    rows = ob.pending(2)
+    assert [r[2] for r in rows] == [b"p2", b"p3"]  # oldest first, oldest two dropped
+    assert ob.pending(5) == [(rows[-1][0] + 1, "t", b"p4")]  # in-flight rows not offered twice
+    ob.acked(rows[0][0], 0)
+    ob.acked(rows[1][0], 0x97)  # quota exceeded: kept for a retry
+    assert ob.count() == 2 and stats.get("hard_retry") == 1
+    ob.add("key-4", "t", b"dup")  # same idempotency key: stored once
+    assert ob.count() == 2
+    ob.close()
+    again = Outbox(tmp_path / "o.sqlite", max_rows=3, stats=stats)
+    rows = again.pending(10)
+    assert [r[2] for r in rows] == [b"p3", b"p4"]  # unsent rows come back after a restart
+    again.acked(rows[0][0], 0x87)  # not authorized: resending cannot help
+    assert again.count() == 1 and stats.get("hard_refused") == 1
+
+
+def test_hard_sampler_encodes_limits_and_budgets(tmp_path: Path) -> None:
+    stats = Stats()
+    ob = Outbox(tmp_path / "o.sqlite", max_rows=100, stats=stats)
+    cfg = HardSampleConfig(
+        selectors=[
+            SelectorSpec(
+                kind="low_confidence", params={"low": 0.0, "high": 1.01}, limits={"per_minute": 2}
+            )
+        ],
+        max_image_side=32,
+    )
+    keys = Keys(tmp_path)
+    _, _, manifest = build_package(tmp_path, keys)
+    hs = HardSampler(cfg, "dev-1", ob, stats)
+    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    res = Result([], np.array([0.5, 0.3, 0.2], np.float32))
+    picks = [
+        hs.consider(
+            stream="s", frame=frame, manifest=manifest, result=res, shadow=None, centroids=None
+        )
+        for _ in range(3)
+    ]
+    assert picks == ["low_confidence", "low_confidence", None]
+    assert stats.get("hard_rate_limited.low_confidence") == 1
+    (_, topic, payload) = ob.pending(1)[0]
+    s = decode(payload, HardSample)
+    assert (
+        topic == "cb/v1/dev/dev-1/hard"
+        and s.selector == "low_confidence"
+        and s.model_version == "1.0.0"
+    )
+    import base64
+
+    import cv2
+
+    img = cv2.imdecode(
+        np.frombuffer(base64.b64decode(s.image_jpeg_b64 or ""), np.uint8), cv2.IMREAD_COLOR
+    )
+    assert max(img.shape[:2]) == 32
+    tight = HardSampler(cfg.model_copy(update={"budget_bytes_per_hour": 10}), "dev-1", ob, stats)
+    assert (
+        tight.consider(
+            stream="s", frame=frame, manifest=manifest, result=res, shadow=None, centroids=None
+        )
+        is None
+    )
+    assert stats.get("hard_over_budget") == 1
