@@ -409,10 +409,13 @@ def run(
     for p in pubs:
         p.start()
 
-    # kill the broker (and optionally the consumer) at evenly spread fractions of progress
+    # kill the broker at evenly spread fractions of progress, and the consumer half
+    # way between two broker kills: a consumer crash followed by a broker crash
+    # before the broker's next save loses the consumer's in-flight messages
+    # (mosquitto persists in-flight deliveries only with its next autosave)
     events = sorted(
         [((k + 1) / (restarts + 1), "broker") for k in range(restarts)]
-        + [((k + 0.5) / (ingest_kills + 1), "ingest") for k in range(ingest_kills)]
+        + [((k % (restarts + 1) + 0.5) / (restarts + 1), "ingest") for k in range(ingest_kills)]
     )
     for frac, what in events:
         while acked[0] < frac * total and not all(p.done.is_set() for p in pubs):

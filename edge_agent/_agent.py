@@ -26,8 +26,7 @@ from edge_agent._cache import ArtifactCache
 from edge_agent._config import AgentConfig
 from edge_agent._errors import EdgeError, ModelLoadError, Superseded
 from edge_agent._events import EventTracker
-from edge_agent._fetch import ChunkFetcher, HttpFetcher, PackageFetcher
-from edge_agent._fetch import _disk_error as disk_error
+from edge_agent._fetch import ChunkFetcher, HttpFetcher, PackageFetcher, disk_error
 from edge_agent._hard import HardSampler
 from edge_agent._hardware import detect_hardware
 from edge_agent._outbox import Outbox
@@ -294,16 +293,18 @@ class Agent:
         algorithm, version, sha = key
 
         def progress(done: int, total: int) -> None:
-            self.progress[f"{algorithm} {version}"] = done / total
+            self.progress[f"{algorithm} {version} download"] = round(done / total, 4)
 
-        path, manifest = self.fetcher.get(
-            a.artifact,
-            algorithm=algorithm,
-            version=version,
-            cancel=self._superseded,
-            progress=progress,
-        )
-        self.progress.pop(f"{algorithm} {version}", None)
+        try:
+            path, manifest = self.fetcher.get(
+                a.artifact,
+                algorithm=algorithm,
+                version=version,
+                cancel=self._superseded,
+                progress=progress,
+            )
+        finally:
+            self.progress.pop(f"{algorithm} {version} download", None)
         if self._superseded():
             raise Superseded("newer revision before load")
         model = load_model(
@@ -547,6 +548,7 @@ class Agent:
                 streams=[w.health() for w in self.streams.values()],
                 last_error=error,
                 rejected=self.stats.get("rejected"),
+                progress=dict(self.progress),
             )
 
     def publish_reported(self) -> None:

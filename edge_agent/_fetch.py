@@ -50,7 +50,7 @@ Cancel = Callable[[], bool]
 Progress = Callable[[int, int], None]
 
 
-def _disk_error(e: OSError, what: str) -> CacheFull | FetchError:
+def disk_error(e: OSError, what: str) -> CacheFull | FetchError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
         return CacheFull(f"{what}: {e.strerror} ({e.filename or ''}); disk full or not writable")
     return FetchError(f"{what}: {e}")
@@ -254,7 +254,7 @@ class ChunkFetcher:
                 try:
                     f.write(data)
                 except OSError as e:
-                    raise _disk_error(e, "writing download") from None
+                    raise disk_error(e, "writing download") from None
                 verified += len(data)
                 advanced = True
             if advanced:
@@ -322,7 +322,7 @@ class HttpFetcher:
                     try:
                         f.write(data)
                     except OSError as e:
-                        raise _disk_error(e, "writing download") from None
+                        raise disk_error(e, "writing download") from None
                     self.stats.inc("bytes_fetched", len(data))
                     have += len(data)
                     if have - last_save >= 4 * self.block:
@@ -389,12 +389,12 @@ class PackageFetcher:
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _disk_error(e, "creating staging dir") from None
+            raise disk_error(e, "creating staging dir") from None
         part = _Partial(self.staging, ref)
         try:
             self.transport.fetch(ref, part, cancel, progress)
         except OSError as e:
-            raise _disk_error(e, f"downloading {what}") from None
+            raise disk_error(e, f"downloading {what}") from None
         size = part.data.stat().st_size
         digest = sha256_file(part.data)
         if size != ref.size or digest != ref.sha256:
@@ -416,7 +416,7 @@ class PackageFetcher:
             raise
         except OSError as e:
             shutil.rmtree(out, ignore_errors=True)
-            raise _disk_error(e, f"extracting {what}") from None
+            raise disk_error(e, f"extracting {what}") from None
         part.discard()
         path = self.cache.add(ref.sha256, out)
         self.stats.inc("artifacts_fetched")

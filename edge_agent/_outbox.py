@@ -87,11 +87,6 @@ class Outbox:
                 self.stats.inc("hard_retry")
         self.wake.set()
 
-    def release_all(self) -> None:
-        """Forget in-flight marks (e.g. the session was rebuilt)."""
-        with self._lock:
-            self._inflight.clear()
-
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]

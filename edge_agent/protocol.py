@@ -150,6 +150,10 @@ class Topics:
         return f"{PREFIX}dev/{_check_id(d, 'device id')}/hard"
 
     @staticmethod
+    def hard_receipt(d: str) -> str:
+        return f"{PREFIX}dev/{_check_id(d, 'device id')}/hard/receipt"
+
+    @staticmethod
     def events(d: str) -> str:
         return f"{PREFIX}dev/{_check_id(d, 'device id')}/events"
 
@@ -291,6 +295,11 @@ class ReportedState(_Strict):
     streams: list[StreamHealth] = Field(default_factory=list)
     last_error: str | None = None
     rejected: int = Field(default=0, ge=0, description="messages rejected since start")
+    progress: dict[str, float] = Field(
+        default_factory=dict,
+        description="work in progress -> fraction done (0..1), e.g. "
+        "'tiny-cls 1.2.0 download' or 'tiny-cls 1.2.0 tensorrt build'",
+    )
     at: datetime = Field(default_factory=utcnow)
 
 
@@ -338,6 +347,23 @@ class HardSample(_Strict):
         if (self.image_jpeg_b64 is None) == (self.blob_ref is None):
             raise ValueError("exactly one of image_jpeg_b64 or blob_ref must be set")
         return self
+
+
+class HardSampleReceipt(_Strict):
+    """Cloud -> device on ``dev/{d}/hard/receipt`` (QoS 1, not retained), sent once
+    the catalog has committed them: hard samples stored (now or before) and those
+    refused for good (id -> reason). A PUBACK only says the broker took a sample;
+    a broker that crashes before saving it loses it, so a sender that wants
+    end-to-end delivery keeps a sample until a receipt names it and re-sends it
+    after a timeout (the cloud deduplicates by id)."""
+
+    schema_: Literal["citybrain.hardreceipt/1"] = Field(
+        default="citybrain.hardreceipt/1", alias="schema"
+    )
+    device: Ident
+    stored: list[str] = Field(default_factory=list, description="ids in the catalog")
+    rejected: dict[str, str] = Field(default_factory=dict, description="id -> reason")
+    at: datetime = Field(default_factory=utcnow)
 
 
 class Detection(_Strict):
@@ -437,6 +463,7 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "citybrain.reported/1": ReportedState,
     "citybrain.status/1": DeviceStatus,
     "citybrain.hard/1": HardSample,
+    "citybrain.hardreceipt/1": HardSampleReceipt,
     "citybrain.event/1": Event,
     "citybrain.announce/1": Announcement,
     "citybrain.chunkreq/1": ChunkRequest,
@@ -837,6 +864,7 @@ __all__ = [
     "FileEntry",
     "Golden",
     "HardSample",
+    "HardSampleReceipt",
     "HardwareProfile",
     "HashMismatch",
     "InputSpec",

@@ -5,14 +5,16 @@ Greedy score of a triple (camera c, algorithm a, device d)::
 
     value of the demands it newly serves (+ churn weight if it was in the previous plan)
     ---------------------------------------------------------------------------------
-    fps*ms/ms_per_s(d) + wm * mem/mem_mb(d)/k(a,d) [if a is not loaded on d]
-                       + ws / streams(d)          [if c is not decoded on d yet]
+      fps*ms/ms_per_s(d)                 * (1 + wu * compute share of d already used)
+    + wm * mem/mem_mb(d) / k(a,d)        * (1 + wu * memory share used)  [a not loaded on d]
+    + ws / streams(d) / n(c,d)           * (1 + wu * decode slots used)  [c not decoded on d]
 
 where k(a,d) is how many cameras reachable by d could use a (the model memory is
-shared by all of them). Loading a model or decoding a camera on a device makes
-the other placements that share it cheaper (consolidation): they are re-scored.
-Scores otherwise only fall (demands get served, capacity only shrinks), so a lazy
-queue is exact: an entry is re-scored when it reaches the top.
+shared by all of them) and n(c,d) how many algorithms camera c could run on d (they
+share the decode slot). Loading a model or decoding a camera on a device makes
+the other placements that share it cheaper (consolidation): they are re-scored
+and queued again. Otherwise scores only fall (demands get served, devices fill
+up), so a lazy queue is exact: an entry is re-scored when it reaches the top.
 
 Local search ruins all placements of the cameras one device reaches and repairs
 them greedily with perturbed weights; the result is kept when the lexicographic
@@ -93,7 +95,7 @@ class Greedy:
         self.noise = 0.0
         self.salt = 0.0
         #: scarcity: how much a device's use so far makes its resources dearer
-        self.wu = 0.0
+        self.wu = 4.0
         #: triples added by :meth:`run`, in order (for undoing a local-search move)
         self.log: list[int] = []
 
@@ -257,11 +259,12 @@ def greedy_solve(
     wm: float = 1.0,
     ws: float = 1.0,
     index: _Index | None = None,
+    wu: float = 4.0,
 ) -> State:
     index = index or _Index(prob)
     state = State(prob, keep, churn_weight)
     g = Greedy(state, index)
-    g.wm, g.ws = wm, ws
+    g.wm, g.ws, g.wu = wm, ws, wu
     if keep:
         _seed(state, keep)
     order, scores = _full_initial(prob, index, state, wm, ws)
@@ -319,6 +322,7 @@ def local_search(
         cand = [t for c in cams for pr in index.cam_pairs[c] for t in p.pair_triples[pr]]
         g.wm = rng.choice((0.25, 0.5, 1.0, 2.0, 4.0))
         g.ws = rng.choice((0.25, 0.5, 1.0, 2.0, 4.0))
+        g.wu = rng.choice((0.0, 2.0, 4.0, 8.0))
         g.noise = rng.choice((0.0, 0.0, 0.1, 0.3))
         g.salt = rng.random()
         o, sc = g.initial_scores(cand)
@@ -350,14 +354,17 @@ def heuristic_solve(
 ) -> State:
     """Greedy (several weightings when ``multistart``) then local search until ``deadline``."""
     index = _Index(prob)
-    weights = [(1.0, 1.0)]
+    weights = [(1.0, 1.0, 4.0)]
     if multistart:
-        weights += [(0.3, 1.0), (3.0, 1.0), (1.0, 0.3), (1.0, 3.0), (0.0, 0.0)]
+        weights += [
+            (1.0, 1.0, 0.0), (1.0, 1.0, 10.0), (0.3, 1.0, 4.0), (3.0, 1.0, 4.0),
+            (1.0, 0.3, 4.0), (1.0, 3.0, 4.0), (0.0, 0.0, 0.0),
+        ]  # fmt: skip
     best: State | None = None
-    for wm, ws in weights:
+    for wm, ws, wu in weights:
         if best is not None and deadline is not None and time.perf_counter() > deadline:
             break
-        st = greedy_solve(prob, keep, churn_weight, wm, ws, index)
+        st = greedy_solve(prob, keep, churn_weight, wm, ws, index, wu)
         if best is None or st.key() > best.key():
             best = st
     assert best is not None

@@ -95,11 +95,13 @@ def probe_image(data: bytes, name: str) -> ImageInfo:
             if fmt == "JPEG":
                 img.draft("L", (max(width // 8, 9), max(height // 8, 8)))
             img.load()  # decodes everything: raises on truncated data
+            if fmt == "PNG" and b"IEND\xaeB`\x82" not in data[-64:]:
+                raise CorruptImage(f"{name}: truncated PNG (no IEND chunk)", field="file")
             gray = np.asarray(img.convert("L"))
     except CorruptImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise CorruptImage(f"{name}: not a readable image", field="file") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many kinds on hostile bytes
         raise CorruptImage(f"{name}: corrupt or truncated image ({e})", field="file") from None
     return ImageInfo(MEDIA_TYPES[fmt], width, height, dhash_gray(gray))

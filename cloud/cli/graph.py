@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -259,7 +260,21 @@ def _read_manifest(path: Path):  # type: ignore[no-untyped-def]
 
     if path.is_dir():
         path = path / MANIFEST_NAME
-    raw = read_json(path, "manifest")
+    if path.is_file() and tarfile.is_tarfile(path):
+        try:
+            with tarfile.open(path, "r:") as tar:
+                member = tar.extractfile(MANIFEST_NAME)
+                data = member.read() if member is not None else None
+        except (tarfile.TarError, KeyError, OSError) as e:
+            raise InvalidInput(f"{path}: no readable {MANIFEST_NAME} in the package: {e}") from None
+        if data is None:
+            raise InvalidInput(f"{path}: {MANIFEST_NAME} in the package is not a file")
+        try:
+            raw = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"{path}: {MANIFEST_NAME}: not valid JSON: {e}") from None
+    else:
+        raw = read_json(path, "manifest")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
@@ -271,7 +286,9 @@ def _read_manifest(path: Path):  # type: ignore[no-untyped-def]
 @app.command("add-algorithm")
 def add_algorithm(
     manifest: Path = typer.Option(
-        ..., "--manifest", help="manifest.json of a store package (or the package folder)"
+        ...,
+        "--manifest",
+        help="manifest.json of a store package, the package folder or its .tar archive",
     ),
     strict: bool = typer.Option(
         False, "--strict", help="refuse scenes/events that are not in the ontology"

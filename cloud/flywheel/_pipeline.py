@@ -280,6 +280,7 @@ def pretrain_dataset(
     created_by: str = "",
     task_id: str | None = None,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PretrainOutcome:
     """Self-supervised pretraining on the dataset's pool (or adopting a given
     pretrained backbone file), then embeddings for every sample."""
@@ -322,6 +323,7 @@ def pretrain_dataset(
                 epochs=epochs,
                 seed=seed,
                 progress=lambda f, m: report(0.8 * f, m),
+                should_stop=should_stop,
             )
             backbone, ckpt, losses, done = (
                 load_backbone(ckpt_path),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,13 +33,16 @@ from cloud.ingest._errors import Rejected, RejectReason
 from edge_agent.protocol import (
     PREFIX,
     HardSample,
+    HardSampleReceipt,
     MessageInvalid,
     SchemaVersionError,
     Topics,
     decode,
+    encode,
 )
 
 log = logging.getLogger("citybrain.ingest")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{8,128}$")
 
 #: the pool of a ``field-<algorithm>`` dataset that hard samples go to
 FIELD_POOL = "field_hard"
@@ -73,6 +78,9 @@ class IngestConfig(BaseModel):
     keepalive_s: int = Field(default=30, ge=5)
     max_image_bytes: int = Field(default=16 << 20, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    receipts: bool = Field(
+        default=True, description="publish HardSampleReceipt on dev/{d}/hard/receipt"
+    )
 
     @property
     def subscription(self) -> str:
@@ -153,6 +161,18 @@ def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
     return host, port, tls, user, password
 
 
+def _sample_id(payload: bytes) -> str | None:
+    """The ``id`` of a rejected message, when it has a usable one."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    sid = data.get("id") if isinstance(data, dict) else None
+    if isinstance(sid, str) and _ID_RE.match(sid):
+        return sid
+    return None
+
+
 def _syncfs(path: os.PathLike[str] | str) -> None:
     """Flush the file system holding ``path`` (one call for a whole batch of blobs)."""
     fd = os.open(path, os.O_RDONLY)
@@ -206,6 +226,7 @@ class HardSampleIngest:
         self._connected = False
         self._connected_event = threading.Event()
         self._datasets: dict[str, int] = {}
+        self._receipts: dict[str, HardSampleReceipt] = {}  # per batch, by device
         self._writer: threading.Thread | None = None
         self.client = self._make_client()
 
@@ -353,8 +374,9 @@ class HardSampleIngest:
                 return
 
     def process(self, items: list[_Item]) -> None:
-        """Validate, store and commit ``items``, then acknowledge them."""
+        """Validate, store and commit ``items``, send receipts, then acknowledge them."""
         accepted: list[_Accepted] = []
+        self._receipts = {}
         for it in items:
             self.stats.received += 1
             self.metrics.received.inc()
@@ -362,15 +384,41 @@ class HardSampleIngest:
                 accepted.append(self._validate(it))
             except Rejected as r:
                 self._reject(r, it)
-        self._commit(accepted)
+        refused = self._commit(accepted)
+        for a in accepted:
+            if id(a) not in refused:
+                self._receipt(a.item).stored.append(a.sample.id)
         self.stats.batches += 1
+        self._send_receipts()
         self._ack(items)
+
+    def _receipt(self, it: _Item) -> HardSampleReceipt:
+        device = Topics.device_of(it.topic)
+        if device not in self._receipts:
+            self._receipts[device] = HardSampleReceipt(device=device)
+        return self._receipts[device]
+
+    def _send_receipts(self) -> None:
+        if not self.config.receipts:
+            return
+        for device, receipt in self._receipts.items():
+            if not receipt.stored and not receipt.rejected:
+                continue
+            with self._lock:
+                if not self._connected:
+                    return  # the device re-sends; the duplicate gets a receipt then
+                self.client.publish(Topics.hard_receipt(device), encode(receipt), qos=1)
 
     def _reject(self, r: Rejected, it: _Item) -> None:
         reason = r.reason.value
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
         self.metrics.rejected.labels(reason=reason).inc()
         log.warning("rejected message on %s: %s", it.topic, r)
+        if r.reason == RejectReason.TOPIC:
+            return
+        sample_id = _sample_id(it.payload)
+        if sample_id is not None:  # tell the device to stop re-sending it
+            self._receipt(it).rejected[sample_id] = f"{reason}: {r.detail}"[:500]
 
     def _validate(self, it: _Item) -> _Accepted:
         try:
@@ -456,9 +504,10 @@ class HardSampleIngest:
         self._datasets[name] = ds_id
         return ds_id
 
-    def _commit(self, accepted: list[_Accepted]) -> None:
+    def _commit(self, accepted: list[_Accepted]) -> set[int]:
+        """Commit the accepted samples; returns ``id()`` of those refused (key conflicts)."""
         if not accepted:
-            return
+            return set()
         if self._blob_root is not None:
             _syncfs(self._blob_root)
         try:
@@ -485,6 +534,7 @@ class HardSampleIngest:
         self.stats.duplicate += dups
         self.metrics.stored.inc(stored)
         self.metrics.duplicate.inc(dups)
+        return {id(a) for a in conflicts}
 
     def _commit_batch(self, accepted: list[_Accepted]) -> tuple[int, int, list[_Accepted]]:
         """One transaction; returns (new samples stored, duplicates, key conflicts)."""

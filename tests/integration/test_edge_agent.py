@@ -54,7 +54,7 @@ def env(tmp_path: Path, mqtt_port: int) -> Any:
             self.keys = keys
             self.srv = srv
 
-        def agent(self, **over: Any) -> Agent:
+        def agent(self, hardware: Any = None, **over: Any) -> Agent:
             dev = over.pop("device_id", None) or f"t-{uuid.uuid4().hex[:10]}"
             devices.append(dev)
             settings: dict[str, Any] = {
@@ -68,7 +68,7 @@ def env(tmp_path: Path, mqtt_port: int) -> Any:
             }
             settings.update(over)
             cfg = load_config(None, device_id=dev, **settings)
-            a = Agent(cfg)
+            a = Agent(cfg, hardware=hardware)
             a.start()
             agents.append(a)
             assert a.session.wait_connected(10)
@@ -155,14 +155,18 @@ def test_hot_swap_keeps_inferring_during_update(env: Any) -> None:
     env.send(desired(agent.device, 1, [("cam1", "tiny-cls", "1.0.0", ref1)]))
     applied(w, 1, "1.0.0")
     wait_for(lambda: len(seen) > 3)
-    env.srv.gate.clear()  # the store stalls: v2 is mid-download
+    env.srv.budget = 2  # the store serves two chunks of v2, then stalls mid-download
     env.send(desired(agent.device, 2, [("cam1", "tiny-cls", "2.0.0", ref2)]))
     wait_for(lambda: agent.inflight is not None)
+    r = wait_for(lambda: w.last().progress and w.last())  # progress is reported
+    assert 0 < r.progress["tiny-cls 2.0.0 download"] < 1
     during = len(seen)
     wait_for(lambda: len(seen) > during + 5)  # v1 keeps running while v2 downloads
     assert set(seen[during:]) == {"1.0.0"}
+    env.srv.budget = None
     env.srv.gate.set()
     applied(w, 2, "2.0.0")
+    assert w.last().progress == {}
     wait_for(lambda: seen[-1] == "2.0.0")
     switch = seen.index("2.0.0")
     assert set(seen[:switch]) == {"1.0.0"} and set(seen[switch:]) == {"2.0.0"}
@@ -381,3 +385,22 @@ def test_expired_desired_state_keeps_running_but_reports_stale(env: Any) -> None
     wait_for(lambda: (w.last().last_error or "").startswith("stale: desired revision 1 expired"))
     assert r.models[0].version == "1.0.0"
     wait_for(lambda: agent.streams["cam1"].frames > 0)
+
+
+def test_gpu_device_without_tensorrt_keeps_onnx_runtime(env: Any, caplog: Any) -> None:
+    from edge_agent._runtime import tensorrt_available
+    from edge_agent.protocol import HardwareProfile
+
+    if tensorrt_available() is None:
+        pytest.skip("TensorRT is usable here: covered by test_edge_tensorrt.py")
+    _, ref, _ = env.package(version="1.0.0")
+    gpu = HardwareProfile(target="gpu-sm87", gpu_arch="sm87", tensorrt=None, cores=2)
+    agent = env.agent(hardware=gpu)
+    w = reported(env, agent)
+    caplog.set_level("INFO", logger="edge_agent.agent")
+    env.send(desired(agent.device, 1, [("cam1", "tiny-cls", "1.0.0", ref)]))
+    r = applied(w, 1, "1.0.0")
+    assert r.models[0].runtime.startswith("onnxruntime")
+    wait_for(lambda: agent.stats.get("tensorrt_skipped") == 1)
+    assert any("TensorRT is not installed" in m for m in caplog.messages)
+    assert r.last_error is None

@@ -235,3 +235,29 @@ def test_subscriptions_restored_after_broker_forgets_the_session(tmp_path: Path)
         if srv:
             srv.close()
         broker.stop()
+
+
+def test_sigterm_stops_cleanly_and_says_offline(tmp_path: Path, mqtt_port: int) -> None:
+    from edge_agent.protocol import DeviceStatus
+
+    keys = Keys(tmp_path)
+    dev = f"t-{uuid.uuid4().hex[:10]}"
+    cfg = agent_config_file(
+        tmp_path / "agent.json",
+        device_id=dev,
+        broker_url=f"mqtt://127.0.0.1:{mqtt_port}",
+        data_dir=tmp_path / "agent",
+        store_public_key=keys.path,
+    )
+    status = Watcher(mqtt_port, Topics.status(dev), DeviceStatus)
+    proc = spawn(cfg)
+    try:
+        wait_for(lambda: status.last() and status.last().state == "online", 30)
+        assert status.last().hardware is not None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        wait_for(lambda: status.last().state == "offline")
+    finally:
+        kill(proc)
+        status.close()
+        publish_retained(mqtt_port, Topics.status(dev), b"")

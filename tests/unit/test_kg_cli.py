@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +103,17 @@ def test_graph_and_policy_commands(cb, tmp_path) -> None:
         _manifest(tmp_path, id="oil", scenes=["harbour"], detects=["oil_spill"]),
     )
     assert "scene:harbour was not in the ontology" in err
+    # a package archive works too (only its manifest is read)
+    from edge_agent.protocol import write_package_archive
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_text(
+        Path(_manifest(tmp_path, id="parking", detects=["illegal_parking"])).read_text()
+    )
+    write_package_archive(pkg, tmp_path / "parking.tar")
+    out, _ = cb("graph", "add-algorithm", "--manifest", str(tmp_path / "parking.tar"))
+    assert "parking 1.2.0 added" in out
     out, _ = cb("graph", "applicable", "cam-1")
     assert "camera:cam-1 -> scene:street -> event:manhole_cover_missing -> algorithm:manhole" in out
     out, _ = cb("graph", "applicable", "cam-1", "--json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cloud.api.routes import (
     annotation_tasks,
+    annotations,
     datasets,
     events,
     health,
@@ -20,6 +21,7 @@ ROUTERS = [
     datasets.router,
     uploads.router,
     samples.router,
+    annotations.router,
     annotation_tasks.router,
     tasks.router,
     models.router,

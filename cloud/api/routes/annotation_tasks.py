@@ -8,13 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import AnnotatorUser, CatalogDep, OperatorUser, SessionDep, ViewerUser
 from cloud.api.errors import ERROR_RESPONSES
+from cloud.api.routes.annotations import AnnotationOut
 from cloud.api.routes.events import publish_event
 from cloud.catalog import annotation as ann
 from cloud.catalog.models import (
     Annotation,
-    AnnotationKind,
-    AnnotationSource,
-    ReviewState,
     Task,
     utcnow,
 )
@@ -43,21 +41,6 @@ class ReviewIn(BaseModel):
 class CloseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     force: bool = False
-
-
-class AnnotationOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    sample_id: str
-    kind: AnnotationKind
-    label: str | None
-    boxes: list[dict] | None
-    source: AnnotationSource
-    annotator: str
-    prelabel_id: int | None
-    supersedes_id: int | None
-    task_id: str | None
-    review: ReviewState
 
 
 class SubmitOut(BaseModel):

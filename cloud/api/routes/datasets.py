@@ -25,9 +25,7 @@ from cloud.api.deps import (
     ViewerUser,
 )
 from cloud.api.errors import ERROR_RESPONSES
-from cloud.api.routes.annotation_tasks import AnnotationOut
 from cloud.catalog import DatasetStats, Page, SampleView
-from cloud.catalog.annotation import Box
 from cloud.catalog.models import Dataset, DatasetSample, Split
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -57,12 +55,6 @@ class DatasetOut(BaseModel):
 class LabelsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: list[str] = Field(min_length=1, max_length=1000)
-
-
-class AnnotateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str | None = Field(default=None, min_length=1, max_length=128)
-    boxes: list[Box] | None = Field(default=None, max_length=1000)
 
 
 class VersionIn(BaseModel):
@@ -171,40 +163,6 @@ def get_sample(
     _: ViewerUser, catalog: CatalogDep, name: str = DatasetPath, sample_id: str = SampleIdPath
 ) -> SampleView:
     return catalog.sample_view(name, sample_id)
-
-
-@router.get("/{name}/samples/{sample_id}/annotations", response_model=list[AnnotationOut])
-def annotation_history(
-    _: ViewerUser, catalog: CatalogDep, name: str = DatasetPath, sample_id: str = SampleIdPath
-) -> list[AnnotationOut]:
-    """Every label of the sample in this dataset, oldest first (nothing is overwritten)."""
-    catalog.sample_view(name, sample_id)  # 404 when not a member
-    return [AnnotationOut.model_validate(a) for a in catalog.annotation_history(name, sample_id)]
-
-
-@router.post(
-    "/{name}/samples/{sample_id}/annotations", response_model=AnnotationOut, status_code=201
-)
-def annotate(
-    body: AnnotateIn,
-    user: AnnotatorUser,
-    catalog: CatalogDep,
-    name: str = DatasetPath,
-    sample_id: str = SampleIdPath,
-) -> AnnotationOut:
-    """Label one sample directly (outside an annotation task)."""
-    from cloud.errors import InvalidInput
-
-    if (body.label is None) == (body.boxes is None):
-        raise InvalidInput("give exactly one of `label` or `boxes`", field="label")
-    row = catalog.annotate(
-        name,
-        sample_id,
-        label=body.label,
-        boxes=[b.model_dump() for b in body.boxes] if body.boxes is not None else None,
-        annotator=user.name,
-    )
-    return AnnotationOut.model_validate(row)
 
 
 @router.get("/{name}/versions", response_model=list[VersionOut])

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 08:54:44.977576
+Create Date: 2026-11-28 09:07:25.128451
 """
 from alembic import op
 import sqlalchemy as sa
