@@ -130,8 +130,18 @@ class ChunkService:
     ``status=not_found`` with an empty payload.
     """
 
-    def __init__(self, store: AlgorithmStore, client_or_url: mqtt.Client | str) -> None:
+    def __init__(
+        self,
+        store: AlgorithmStore,
+        client_or_url: mqtt.Client | str,
+        *,
+        share_group: str | None = None,
+    ) -> None:
         self.store = store
+        # several serving processes split the requests with an MQTT v5 shared subscription
+        self.request_filter = (
+            f"$share/{share_group}/{Topics.CHUNK_REQUEST}" if share_group else Topics.CHUNK_REQUEST
+        )
         self._url = client_or_url if isinstance(client_or_url, str) else None
         self.client: mqtt.Client | None = None if self._url else client_or_url  # type: ignore[assignment]
         self.stats = ChunkStats()
@@ -156,7 +166,7 @@ class ChunkService:
 
     def _subscribe(self) -> None:
         assert self.client is not None
-        self.client.subscribe(Topics.CHUNK_REQUEST, options=mqtt.SubscribeOptions(qos=1))
+        self.client.subscribe(self.request_filter, options=mqtt.SubscribeOptions(qos=1))
 
     def stop(self) -> None:
         if self.client is not None and self._url is not None:

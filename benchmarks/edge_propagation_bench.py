@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent._fleet import ProcessFleet  # noqa: E402
+from edge_agent import ProcessFleet  # noqa: E402
 from edge_agent.protocol import Topics, encode  # noqa: E402
 from tests.edge_support import (  # noqa: E402
     ChunkServer,
@@ -44,24 +44,56 @@ def main() -> None:
     ap.add_argument("--chunk-kb", type=int, default=256)
     ap.add_argument("--per-process", type=int, default=100, help="agents per child process")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument(
+        "--real-store",
+        action="store_true",
+        help="build/sign with algorithm_store and serve with its ChunkService",
+    )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edge-prop-"))
-    keys = Keys(root)
     onnx_path = root / "m.onnx"
     convnet_onnx(onnx_path, side=64, width=args.width)
-    archive, ref, _ = build_package(
-        root,
-        keys,
-        algorithm="prop",
-        onnx_file=onnx_path,
-        side=64,
-        labels=[f"c{i}" for i in range(10)],
-    )
     frames = root / "frames"
     frames.mkdir()
     cv2.imwrite(str(frames / "0.jpg"), np.full((120, 160, 3), 90, np.uint8))
-    srv = ChunkServer(args.port)
-    srv.add(archive)
+    labels = [f"c{i}" for i in range(10)]
+    if args.real_store:
+        from algorithm_store import AlgorithmStore, ChunkService, keygen, load_private_key
+        from algorithm_store import build_package as store_build
+
+        key_path = keygen(root / "keys")
+        private = load_private_key(key_path)
+        store = AlgorithmStore(root / "store", private_key=private)
+        built = store_build(
+            onnx_path,
+            id="prop",
+            version="1.0.0",
+            task="classify",
+            labels=labels,
+            private_key=private,
+            out_dir=root / "out",
+            profile=False,
+        )
+        store.publish(built.archive)
+        ref = store.artifact_ref("prop", "1.0.0")
+        public_key = key_path.with_name(key_path.name + ".pub")
+        srv = ChunkService(store, f"mqtt://127.0.0.1:{args.port}").start()
+
+        def served() -> list[float]:
+            return [srv.stats.bytes_sent / args.devices]  # the store counts totals only
+
+    else:
+        keys = Keys(root)
+        public_key = keys.path
+        archive, ref, _ = build_package(
+            root, keys, algorithm="prop", onnx_file=onnx_path, side=64, labels=labels
+        )
+        srv = ChunkServer(args.port)
+        srv.add(archive)
+
+        def served() -> list[float]:
+            return [float(srv.bytes_sent[d]) for d in devices]
+
     prefix = f"p{uuid.uuid4().hex[:5]}"
     t_start = time.monotonic()
     fleet = ProcessFleet(
@@ -69,7 +101,7 @@ def main() -> None:
         per_process=args.per_process,
         broker_url=f"mqtt://127.0.0.1:{args.port}",
         data_dir=root / "fleet",
-        store_public_key=keys.path,
+        store_public_key=public_key,
         source=str(frames),
         prefix=prefix,
         interval=0.5,
@@ -124,23 +156,27 @@ def main() -> None:
             pass
         times = sorted(t - t0 for t in done.values())
         agent_bytes = fleet.summary()["counters"].get("bytes_fetched", 0)
-        served = [srv.bytes_sent[d] for d in devices]
+        sent = served()
         print(f"desired published to all in {t_pub:.2f}s")
         print(
             f"50% reported: {times[len(times) // 2]:.2f}s   99% ({need99}): {times[need99 - 1]:.2f}s   "
             f"all ({len(times)}/{args.devices}): {times[-1]:.2f}s"
         )
         print(
-            f"bytes per device / artifact: store sent mean {np.mean(served) / ref.size:.4f}, max {max(served) / ref.size:.4f} "
+            f"bytes per device / artifact: store sent mean {np.mean(sent) / ref.size:.4f}, max {max(sent) / ref.size:.4f} "
             f"(agents counted {agent_bytes / args.devices / ref.size:.4f}); target <= 1.05"
         )
         print(
-            f"chunk size {args.chunk_kb} KiB; chunk requests {sum(len(v) for v in srv.requests.values())}; "
+            f"chunk size {args.chunk_kb} KiB; store: {'algorithm_store' if args.real_store else 'test'} "
+            f"chunk service; "
             f"errors {fleet.summary()['errors']}"
         )
     finally:
         fleet.stop()
-        srv.close()
+        if args.real_store:
+            srv.stop()
+        else:
+            srv.close()
         pub2 = client(args.port)
         for d in devices:
             for t in (Topics.desired(d), Topics.reported(d), Topics.status(d)):

@@ -1,14 +1,22 @@
 """Hard-sample ingest, end to end, while the broker is SIGKILLed and restarted.
 
 N publisher clients (threads; paho MQTT v5, QoS 1, clean start off, stable
-client ids, each re-sending what the broker has not acknowledged) send M hard
-samples each to a Mosquitto started here (persistence on, its own port and
-directory), which is killed with SIGKILL and restarted R times along the way.
-A real ``citybrain ingest`` process stores them. At the end every sample id
-must be in the catalog exactly once.
+client ids, each re-sending what is not done yet) send M hard samples each to a
+Mosquitto started here (persistence on, its own port and directory), which is
+killed with SIGKILL and restarted R times along the way. A real
+``citybrain ingest`` process stores them. At the end every sample id must be in
+the catalog exactly once.
+
+A device is done with a sample when the cloud's ``HardSampleReceipt`` names it
+(``--mode receipt``, default: end to end), or on the broker's PUBACK
+(``--mode puback``). PUBACK alone is not enough under SIGKILL: Mosquitto (2.0)
+acknowledges a publish before its next autosave and does not restore shared
+subscriptions from its persistence file (a PUBACK then says 0x10 "no matching
+subscribers"), so ``--mode puback`` shows what is lost that way.
 
     .venv/bin/python benchmarks/ingest_bench.py                 # 50 x 200, 5 restarts
     .venv/bin/python benchmarks/ingest_bench.py --publishers 10 --samples 100 --restarts 2
+    .venv/bin/python benchmarks/ingest_bench.py --mode puback
 
 Prints samples/s (first publish -> last sample committed), lost, duplicated.
 The integration test tests/integration/test_ingest_reliability.py runs the
@@ -77,8 +85,10 @@ class Broker:
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "persistence_file mosquitto.db\n"
-            # save the in-memory state after every change (queued message, subscription)
-            "autosave_on_changes true\n"
+            # save the in-memory state every second (saving on every change costs
+            # a full snapshot per queued message; what a crash loses in between is
+            # re-sent by the devices, which wait for the cloud's receipt)
+            "autosave_on_changes false\n"
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"  # 0 (no limit) stalls delivery in mosquitto 2.0.11
             "max_queued_bytes 0\n"
@@ -169,16 +179,23 @@ def hard_sample_payload(device: str, sample_id: str, jpeg: bytes, n: int) -> byt
 
 @dataclass
 class PublisherStats:
-    acked: int = 0
+    acked: int = 0  # done: receipt (receipt mode) or successful PUBACK (puback mode)
     sends: int = 0
     retries: int = 0
     refused: int = 0  # PUBACK "no matching subscribers" (or an error code)
+    rejected: int = 0  # receipts saying the cloud refused a sample
     errors: list[str] = field(default_factory=list)
 
 
 class Publisher(threading.Thread):
-    """One device: publishes its samples with QoS 1 until each is PUBACKed,
-    re-sending any that stays unacknowledged for ``retry_s``."""
+    """One device: publishes its samples with QoS 1 and re-sends each until it is
+    done, at most ``window`` at a time.
+
+    ``mode="receipt"``: done when a ``HardSampleReceipt`` names it (end to end:
+    committed in the catalog); re-sent after ``retry_s`` without one.
+    ``mode="puback"``: done on a successful PUBACK (the broker took it); a PUBACK
+    "no matching subscribers" (0x10) or an error code means re-send.
+    """
 
     def __init__(
         self,
@@ -187,16 +204,20 @@ class Publisher(threading.Thread):
         samples: list[tuple[str, bytes]],
         acked_total: Callable[[], None],
         *,
+        mode: str = "receipt",
         window: int = 20,
-        retry_s: float = 5.0,
+        retry_s: float = 10.0,
         refused_retry_s: float = 0.5,
         deadline_s: float = 600,
     ) -> None:
         super().__init__(name=f"publisher-{idx}", daemon=True)
+        if mode not in ("receipt", "puback"):
+            raise ValueError(f"mode must be receipt or puback, got {mode!r}")
         self.device = f"dev-{idx:03d}"
         self.port = port
         self.samples = samples
         self.on_ack = acked_total
+        self.mode = mode
         self.window = window
         self.retry_s = retry_s
         self.refused_retry_s = refused_retry_s
@@ -210,72 +231,98 @@ class Publisher(threading.Thread):
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from edge_agent.protocol import Topics
+        from edge_agent.protocol import HardSampleReceipt, ProtocolError, Topics, decode
 
         topic = Topics.hard(self.device)
+        receipt_topic = Topics.hard_receipt(self.device)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bench-{self.device}", protocol=mqtt.MQTTv5
         )
         client.max_inflight_messages_set(self.window)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=0.1, max_delay=1)
+        lock = threading.Lock()
+        # PUBACK reason codes by mid
+        reasons: dict[int, int] = {}
+        receipted: set[str] = set()
+
+        def on_publish(_c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+            reasons[mid] = rc.value
+
+        def on_connect(c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            if not rc.is_failure and self.mode == "receipt":
+                c.subscribe(receipt_topic, qos=1)
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                r = decode(msg.payload, HardSampleReceipt)
+            except ProtocolError:
+                return
+            with lock:
+                receipted.update(r.stored)
+                receipted.update(r.rejected)
+                self.stats.rejected += len(r.rejected)
+
+        client.on_publish = on_publish
+        client.on_connect = on_connect
+        client.on_message = on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         client.connect_async(
             "127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props
         )
-        # PUBACK reason codes by mid: 0x10 "no matching subscribers" means the
-        # message went nowhere (e.g. a broker restarted without the consumer's
-        # shared subscription): not delivered, send it again later
-        reasons: dict[int, int] = {}
-        client.on_publish = lambda _c, _u, mid, rc, _p: reasons.__setitem__(mid, rc.value)
         client.loop_start()
         pending: dict[str, tuple[Any, float, bytes]] = {}
         end = time.monotonic() + self.deadline_s
         while not client.is_connected() and time.monotonic() < end:
             time.sleep(0.02)
+        time.sleep(0.2)  # SUBACK of the receipt topic
+
+        def puback_state(info: Any) -> str:
+            if info is None:
+                return "resend"
+            try:
+                done = info.is_published()
+            except (RuntimeError, ValueError):  # sent while disconnected: paho
+                return "wait"  # queues it, but this handle never turns true
+            if not done:
+                return "wait"
+            rc = reasons.pop(info.mid, 0)
+            return "resend" if rc == 0x10 or rc >= 0x80 else "acked"
+
+        def reap() -> None:
+            now = time.monotonic()
+            for sid, (info, sent, payload) in list(pending.items()):
+                st = puback_state(info)
+                if st == "resend" and info is not None:
+                    pending[sid] = (None, now, payload)  # refused: retry shortly
+                    self.stats.refused += 1
+                    continue
+                if self.mode == "receipt":
+                    with lock:
+                        done = sid in receipted
+                    st = "acked" if done else ("resend" if st == "resend" else "wait")
+                if st == "acked":
+                    del pending[sid]
+                    self.stats.acked += 1
+                    self.on_ack()
+                    continue
+                wait = self.refused_retry_s if st == "resend" else self.retry_s
+                if now - sent > wait and client.is_connected():
+                    pending[sid] = (client.publish(topic, payload, qos=1), now, payload)
+                    self.stats.retries += 1
+                    self.stats.sends += 1
+
         try:
-
-            def state(info: Any) -> str:
-                if info is None:
-                    return "resend"
-                try:
-                    done = info.is_published()
-                except (RuntimeError, ValueError):  # sent while disconnected: paho
-                    return "wait"  # queues it, but this handle never turns true
-                if not done:
-                    return "wait"
-                rc = reasons.pop(info.mid, 0)
-                return "resend" if rc == 0x10 or rc >= 0x80 else "acked"
-
-            def reap() -> None:
-                now = time.monotonic()
-                for sid, (info, sent, payload) in list(pending.items()):
-                    st = state(info)
-                    if st == "acked":
-                        del pending[sid]
-                        self.stats.acked += 1
-                        self.on_ack()
-                        continue
-                    if st == "resend" and info is not None:
-                        pending[sid] = (None, now, payload)  # refused: retry shortly
-                        self.stats.refused += 1
-                        continue
-                    wait = self.refused_retry_s if st == "resend" else self.retry_s
-                    if now - sent > wait and client.is_connected():
-                        pending[sid] = (client.publish(topic, payload, qos=1), now, payload)
-                        self.stats.retries += 1
-                        self.stats.sends += 1
-
             for sid, payload in self.samples:
                 while len(pending) >= self.window and time.monotonic() < end:
                     reap()
-                    time.sleep(0.005)
+                    time.sleep(0.03)
                 pending[sid] = (client.publish(topic, payload, qos=1), time.monotonic(), payload)
                 self.stats.sends += 1
             while pending and time.monotonic() < end:
                 reap()
-                time.sleep(0.01)
+                time.sleep(0.05)
             if pending:
                 self.stats.errors.append(f"{len(pending)} never acknowledged")
         except Exception as e:  # report, do not hang the run
@@ -355,6 +402,7 @@ def run(
     *,
     workdir: Path,
     ingest_kills: int = 0,
+    mode: str = "receipt",
     timeout_s: float = 900,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -403,7 +451,7 @@ def run(
             sid = f"s-{i:03d}-{n:05d}"
             expected.add(sid)
             items.append((sid, hard_sample_payload(f"dev-{i:03d}", sid, unique_jpeg(base, sid), n)))
-        pubs.append(Publisher(i, broker.port, items, on_ack))
+        pubs.append(Publisher(i, broker.port, items, on_ack, mode=mode))
     total = publishers * samples
     t0 = time.monotonic()
     for p in pubs:
@@ -454,6 +502,7 @@ def run(
     missing = sorted(expected - got)
     return {
         "publishers": publishers,
+        "mode": mode,
         "samples_per_publisher": samples,
         "total": total,
         "broker_restarts": broker.kills,
@@ -480,15 +529,30 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200, help="per publisher")
     ap.add_argument("--restarts", type=int, default=5, help="broker SIGKILL + restart count")
     ap.add_argument("--ingest-kills", type=int, default=0, help="consumer SIGKILL + restart")
+    ap.add_argument(
+        "--mode",
+        choices=["receipt", "puback"],
+        default="receipt",
+        help="a device is done with a sample on the cloud's receipt (end to end) "
+        "or on the broker's PUBACK",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     print(
         f"ingest bench: {a.publishers} publishers x {a.samples} samples, "
-        f"{a.restarts} broker SIGKILLs, {a.ingest_kills} ingest SIGKILLs ({work})"
+        f"{a.restarts} broker SIGKILLs, {a.ingest_kills} ingest SIGKILLs, "
+        f"devices done on {a.mode} ({work})"
     )
-    r = run(a.publishers, a.samples, a.restarts, workdir=work, ingest_kills=a.ingest_kills)
+    r = run(
+        a.publishers,
+        a.samples,
+        a.restarts,
+        workdir=work,
+        ingest_kills=a.ingest_kills,
+        mode=a.mode,
+    )
     tail = r.pop("ingest_log_tail")
     print(json.dumps(r, indent=2))
     print(

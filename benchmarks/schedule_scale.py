@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} (1 min)")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="citybrain-schedule-scale-") as tmp:
         inst_path = Path(tmp) / "city.json"
         inst = sch.generate_instance(args.cameras, args.algorithms, args.devices, seed=args.seed)
         inst_path.write_text(inst.model_dump_json(by_alias=True))

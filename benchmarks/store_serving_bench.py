@@ -1,10 +1,10 @@
 """Serving a published artifact to many concurrent downloaders over loopback.
 
 Three servers side by side, same artifact, same client code:
-  static  python's ThreadingHTTPServer (``python -m http.server``) on the blob dir
+  static  python's ThreadingHTTPServer + SimpleHTTPRequestHandler on the blob dir
   http    the store router (FastAPI + uvicorn): GET /artifacts/{sha256}, Range/ETag
   mqtt    the store chunk service through a private Mosquitto (256 KiB chunks,
-          16 requests in flight per device)
+          8 requests in flight per device, re-asked after 10 s unanswered)
 
 For each: throughput of N concurrent full downloads, and bytes *sent* per device
 (the serving process's /proc/<pid>/io wchar delta / N; for MQTT the broker's)
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 CHUNK = 1 << 20  # HTTP read size
 MQTT_CHUNK = 256 << 10
-WINDOW = 16
+WINDOW = 8
 INTERRUPT_AT = 0.4
 
 
@@ -206,6 +206,9 @@ def mqtt_download(
     chunk: int = MQTT_CHUNK,
     window: int = WINDOW,
 ) -> dict:
+    """A device fetching the artifact by chunks, ``window`` requests in flight;
+    a request unanswered for 10 s is asked again (a loaded broker may drop
+    queued messages), as a real device must."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -215,32 +218,41 @@ def mqtt_download(
     device = f"bench-{uuid.uuid4().hex[:10]}"
     parts: dict[int, bytes | None] = {}
     state = {"next": 0, "have": 0, "stop_at": int(size * INTERRUPT_AT) if interrupt else size}
+    outstanding: dict[int, float] = {}
     done = threading.Event()
     tcp = [0]
+    retries = [0]
     lock = threading.Lock()
 
     def run_session(start: int) -> None:
         state["next"] = start
-        state["have"] = start
         done.clear()
+        outstanding.clear()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
         subscribed = threading.Event()
 
-        def ask(c_: mqtt.Client) -> None:
-            off = state["next"]
-            if off >= size:
-                return
-            state["next"] = off + chunk
+        def send(c_: mqtt.Client, off: int) -> None:
+            outstanding[off] = time.time()
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = Topics.chunk(device)
             props.CorrelationData = str(off).encode()
             req = ChunkRequest(device=device, sha256=sha, offset=off, length=chunk)
             c_.publish(Topics.CHUNK_REQUEST, encode(req), qos=1, properties=props)
 
+        def ask(c_: mqtt.Client) -> None:
+            off = state["next"]
+            if off >= size:
+                return
+            state["next"] = off + chunk
+            send(c_, off)
+
         def on_message(c_, ud, msg) -> None:
             hdr = ChunkReplyHeader.from_user_properties(msg.properties.UserProperty)
             assert hdr.status == "ok", hdr
             with lock:
+                outstanding.pop(hdr.offset, None)
+                if hdr.offset in parts:
+                    return  # a duplicate after a retry
                 parts[hdr.offset] = msg.payload if check else None
                 state["have"] += hdr.length
                 if state["have"] >= state["stop_at"] or state["have"] >= size:
@@ -258,7 +270,12 @@ def mqtt_download(
         with lock:
             for _ in range(window):
                 ask(c)
-        done.wait(600)
+        while not done.wait(2.0):
+            with lock:
+                late = [o for o, t in outstanding.items() if time.time() - t > 10]
+                for off in late:
+                    retries[0] += 1
+                    send(c, off)
         tcp[0] += tcp_bytes_received(c.socket())
         c.loop_stop()
         c.disconnect()
@@ -272,6 +289,7 @@ def mqtt_download(
         contiguous = min(contiguous, size)
         for off in [o for o in parts if o >= contiguous]:
             del parts[off]
+        state["have"] = contiguous
         state["stop_at"] = size
         run_session(contiguous)
     digest = None
@@ -280,7 +298,27 @@ def mqtt_download(
         for off in sorted(parts):
             h.update(parts[off] or b"")
         digest = h.hexdigest()
-    return {"tcp": tcp[0], "sha": digest}
+    return {"tcp": tcp[0], "sha": digest, "retries": retries[0]}
+
+
+def serve_static(root: str, port: int) -> None:
+    """python's ThreadingHTTPServer + SimpleHTTPRequestHandler on the blob dir,
+    with a listen backlog that takes 100 simultaneous connects (the default 5
+    resets them)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 1024
+
+        def handle_error(self, request, client_address) -> None:
+            pass  # clients that hang up mid-body (the interrupted runs) are expected
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a) -> None:
+            pass
+
+    Server(("127.0.0.1", port), functools.partial(Quiet, directory=root)).serve_forever()
 
 
 # -- driving ----------------------------------------------------------------------
@@ -340,12 +378,12 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="client processes")
     ap.add_argument("--only", choices=["static", "http", "mqtt"], action="append")
     ap.add_argument("--chunk-kb", type=int, default=256, help="MQTT chunk size")
-    ap.add_argument("--window", type=int, default=16, help="MQTT requests in flight per device")
+    ap.add_argument("--window", type=int, default=8, help="MQTT requests in flight per device")
     ap.add_argument("--_serve", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._serve:
         kind, root, port = a._serve
-        (serve_http if kind == "http" else serve_mqtt)(root, int(port))
+        {"http": serve_http, "mqtt": serve_mqtt, "static": serve_static}[kind](root, int(port))
         return
 
     work = Path(tempfile.mkdtemp(prefix="cb-serve-bench-"))
@@ -363,20 +401,8 @@ def main() -> None:
         servers = {}
         # static
         sp = _free_port()
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(sp),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(store.blob_path(v.sha256).parent),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        blob_dir = str(store.blob_path(v.sha256).parent)
+        p = subprocess.Popen([sys.executable, __file__, "--_serve", "static", blob_dir, str(sp)])
         procs.append(p)
         _wait_port(sp, p)
         servers["static"] = (p.pid, sp, f"/{v.sha256}")
@@ -392,7 +418,7 @@ def main() -> None:
         mp_port = _free_port()
         conf = work / "mosquitto.conf"
         conf.write_text(
-            f"listener {mp_port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
+            f"listener {mp_port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 10000\nset_tcp_nodelay true\n"
         )
         broker = subprocess.Popen(
             [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
@@ -425,12 +451,13 @@ def main() -> None:
                 kind, port, target, size, a.clients, True, a.procs, kw
             )
             resumed = sum(r["tcp"] for r in results_i if r) / a.clients / size
+            retries = sum(r.get("retries", 0) for r in results + results_i if r)
             rows[kind] = (tput, resumed)
             print(
                 f"{kind:6s}: {tput:8.1f} MB/s aggregate ({wall:.1f} s for {a.clients} x "
                 f"{size / 1e6:.1f} MB); received/device: full {full:.3f}x, "
                 f"interrupted at {INTERRUPT_AT:.0%} + resumed {resumed:.3f}x; "
-                f"sha256 ok {ok}; errors {len(errors) + len(errors_i)}",
+                f"sha256 ok {ok}; errors {len(errors) + len(errors_i)}; retried requests {retries}",
                 flush=True,
             )
             for e in (errors + errors_i)[:3]:

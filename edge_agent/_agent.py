@@ -197,6 +197,11 @@ class Agent:
         if d.device != self.device:
             self.reject("desired state", ValueError(f"addressed to device {d.device!r}"))
             return
+        streams = [a.stream for a in d.assignments]
+        twice = sorted({s for s in streams if streams.count(s) > 1})
+        if twice:
+            self.reject("desired state", ValueError(f"streams assigned more than once: {twice}"))
+            return
         self.offer(d)
 
     def offer(self, d: DesiredState) -> bool:
@@ -287,6 +292,9 @@ class Agent:
                     self.last_error = None
                 retry_at, backoff = None, self.cfg.retry_failed_s
                 self.stats.inc("applies_ok")
+                # partial downloads of artifacts this revision does not want are dead weight
+                with contextlib.suppress(OSError):
+                    self.fetcher.clean_staging({a.artifact.sha256 for a in d.assignments})
             self.publish_reported()
 
     def _prepare(self, key: ModelKey, a: Assignment) -> Running:
@@ -316,7 +324,10 @@ class Agent:
             threads=self.cfg.ort_threads,
         )
         try:
-            model.warm(self.cfg.warmup_runs)
+            try:
+                model.warm(self.cfg.warmup_runs)
+            except Exception as e:  # noqa: BLE001 - any runtime failure
+                raise ModelLoadError(f"{model.describe()}: warm-up failed: {e}") from None
             model.golden_check()
         except Exception:
             model.close()

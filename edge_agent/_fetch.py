@@ -422,6 +422,22 @@ class PackageFetcher:
         self.stats.inc("artifacts_fetched")
         return path, manifest
 
+    def clean_staging(self, keep: set[str]) -> int:
+        """Delete partial downloads of artifacts no longer wanted; returns how many."""
+        removed = 0
+        if not self.staging.is_dir():
+            return 0
+        for p in self.staging.iterdir():
+            sha = p.name.split(".", 1)[0]
+            if sha in keep:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def _verify(self, path: Path, algorithm: str, version: str) -> Manifest:
         manifest = verify_package_dir(path, self.public_key)
         if manifest.id != algorithm or manifest.version != version:

@@ -107,20 +107,23 @@ class Greedy:
         d = self.t_dev[t]
         a = self.t_alg[t]
         wu = self.wu
-        cost = self.t_comp[t] / self.cap_ms[d] * (1.0 + wu * s.used_ms[d] / self.cap_ms[d])
+        cost = self.t_comp[t] / self.cap_ms[d]
+        if wu:
+            # scarcity in steps of 1/8 of a device, so that queued scores go stale rarely
+            cost *= 1.0 + wu * int(8.0 * s.used_ms[d] / self.cap_ms[d]) / 8.0
         if a not in s.model_users[d]:
             k = len(self.ix.ad(a, d)) or 1
-            cost += (
-                self.wm * self.t_mem[t] / self.cap_mem[d] / k
-                * (1.0 + wu * s.used_mem[d] / self.cap_mem[d])
-            )  # fmt: skip
+            m = self.wm * self.t_mem[t] / self.cap_mem[d] / k
+            if wu:
+                m *= 1.0 + wu * int(8.0 * s.used_mem[d] / self.cap_mem[d]) / 8.0
+            cost += m
         c = self.t_cam[t]
         if s.cam_dev[c] != d:
             # the decode slot is shared by every algorithm the camera could run on d
-            cost += (
-                self.ws / self.cap_streams[d] / (len(self.ix.cd(c, d)) or 1)
-                * (1.0 + wu * s.used_streams[d] / self.cap_streams[d])
-            )  # fmt: skip
+            m = self.ws / self.cap_streams[d] / (len(self.ix.cd(c, d)) or 1)
+            if wu:
+                m *= 1.0 + wu * int(8.0 * s.used_streams[d] / self.cap_streams[d]) / 8.0
+            cost += m
         sc = g / (cost + 1e-12)
         if self.noise:
             # a fixed pseudo-random factor per triple and round keeps scores consistent

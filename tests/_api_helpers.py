@@ -89,14 +89,14 @@ def serve_subprocess(data_dir: Path, *, extra_env: dict[str, str] | None = None)
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not port_answers(port):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"citybrain serve exited: {(data_dir / 'serve.log').read_text()}"
                 )
             if time.monotonic() > deadline:
-                raise RuntimeError("citybrain serve did not start in 60 s")
+                raise RuntimeError("citybrain serve did not start in 120 s")
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = catalog
     install_error_handlers(app)
+    from cloud.api.routes.metrics import install_metrics
+
+    install_metrics(app, catalog=catalog)  # Prometheus GET /metrics
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     mount_console(app)

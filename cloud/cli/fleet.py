@@ -72,8 +72,7 @@ def simulate(
             f"--fetch-mode must be mqtt or http, got {fetch_mode!r}", field="--fetch-mode"
         )
 
-    from edge_agent import EdgeError, Fleet
-    from edge_agent._fleet import ProcessFleet
+    from edge_agent import EdgeError, Fleet, ProcessFleet
 
     extra: dict[str, object] = {"fetch_mode": fetch_mode}
     if http_base_url:

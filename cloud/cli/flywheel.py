@@ -109,11 +109,28 @@ def simulate(
         "10,20,40,80,160", "--budgets", help="Total labels at each round, increasing."
     ),
     strategy: list[str] = typer.Option(
-        ["auto", "random"], "--strategy", help="Strategy to compare (repeat the option)."
+        ["auto", "random"],
+        "--strategy",
+        help="Strategy to compare, repeatable: auto, random, least_confidence, margin, "
+        "entropy, kcenter, typiclust, probcover, badge.",
     ),
     seeds: int = typer.Option(3, "--seeds", help="Repetitions per strategy."),
     out: Path = typer.Option(Path("result.json"), "--out", help="Where to write result.json."),
-    extractor: str = typer.Option("hog-color-pca", "--extractor", help="Feature extractor."),
+    extractor: str = typer.Option(
+        "hog-color-pca",
+        "--extractor",
+        help="Features: hog-color-pca (fast, offline) or simclr (self-supervised "
+        "pretraining on the pool's own images, then its embeddings).",
+    ),
+    pretrain_epochs: int = typer.Option(
+        10, "--pretrain-epochs", help="SimCLR epochs on the pool (--extractor simclr)."
+    ),
+    trainer: str = typer.Option(
+        "logistic",
+        "--trainer",
+        help="Model retrained each round: logistic (sklearn) or flywheel-head (the "
+        "Train button's frozen-embedding head).",
+    ),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stratified test split."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
@@ -126,6 +143,7 @@ def simulate(
 
     from cloud.flywheel.mining import (
         EXTRACTORS,
+        TRAINERS,
         check_budgets,
         extract_features,
         format_table,
@@ -157,6 +175,16 @@ def simulate(
             f"unknown extractor {extractor!r}; one of {', '.join(sorted(EXTRACTORS))}",
             field="--extractor",
         )
+    if trainer not in TRAINERS:
+        raise InvalidInput(
+            f"unknown trainer {trainer!r}; one of {', '.join(sorted(TRAINERS))}",
+            field="--trainer",
+        )
+    if pretrain_epochs < 1:
+        raise InvalidInput(
+            f"--pretrain-epochs must be at least 1, got {pretrain_epochs}",
+            field="--pretrain-epochs",
+        )
     paths, label_names = _read_labels(images, labels)
     y = np.asarray(label_names)
     pool, _ = stratified_split(y, 0.2, split_seed)
@@ -179,6 +207,7 @@ def simulate(
         names,
         seeds=seeds,
         split_seed=split_seed,
+        train_eval=TRAINERS[trainer],
         progress=lambda msg: err.print(msg),
     )
     tmp = out.with_suffix(out.suffix + ".tmp")

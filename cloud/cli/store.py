@@ -340,6 +340,9 @@ def serve_chunks(
     reannounce_s: float = typer.Option(
         3600.0, help="re-send signed announcements this often (keeps them unexpired)"
     ),
+    share_group: str | None = typer.Option(
+        None, help="MQTT v5 shared-subscription group, to split requests over several servers"
+    ),
 ) -> None:
     """Serve artifact chunks over MQTT (store/chunk/req -> dev/{d}/chunk) until stopped."""
     import algorithm_store as st
@@ -351,7 +354,7 @@ def serve_chunks(
         client = st.connect_mqtt(url)
         if store.private_key is not None:
             store.announcer = st.MqttAnnouncer(client)
-        service = st.ChunkService(store, client).start()
+        service = st.ChunkService(store, client, share_group=share_group).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -18,6 +18,7 @@ from cloud.api._paging import page_samples
 from cloud.api.deps import COOKIE, Principal, principal_for
 from cloud.catalog import annotation as ann
 from cloud.catalog.models import DatasetSample, DatasetVersion, Role, Task, TaskKind
+from cloud.console._neighbours import nearest
 from cloud.errors import CitybrainError
 
 HERE = Path(__file__).parent
@@ -225,9 +226,17 @@ def sample_page(request: Request, user: PageUser, name: str, sample_id: str) -> 
     catalog = request.app.state.catalog
     view = catalog.sample_view(name, sample_id)
     history = catalog.annotation_history(name, sample_id)
-    # Nearest neighbours appear once an embedding index for the dataset exists;
-    # none is wired into the console yet, so the section is not rendered.
+    # nearest neighbours only once the flywheel has embedded this sample
     neighbours = None
+    if (request.app.state.settings.data_dir / "embeddings").is_dir():
+        with catalog.sessions() as session:
+            ds = catalog.get_dataset(name, session=session)
+            members = set(
+                session.scalars(
+                    select(DatasetSample.sample_id).where(DatasetSample.dataset_id == ds.id)
+                )
+            )
+        neighbours = nearest(request.app.state.settings.data_dir, sample_id, members)
     return render(
         request, "sample.html", user, ds_name=name, s=view, history=history, neighbours=neighbours
     )

@@ -76,6 +76,10 @@ _READ_CHUNK = 64
 ARCHIVE_EXPANSION = 20
 #: imports adding at least this many samples refresh the planner statistics
 ANALYZE_AFTER = 1000
+#: test seam: called inside the open commit transaction after each batch.
+#: ``progress`` is never called there: progress callbacks usually write the
+#: task record, which on SQLite would wait on this very transaction's lock.
+_after_commit_batch: Callable[[int, int], None] | None = None
 
 
 def _no_progress(_f: float, _m: str) -> None:
@@ -93,10 +97,11 @@ def _plan_for(path: Path, display_root: str, exclude: set[Path]) -> Plan:
                 kind, data = json_kind(top_json[0])
             except InvalidInput:
                 kind, data = "", None
-            if kind == "coco":
-                return read_coco(top_json[0], data, display_root)
-            if kind == "labelstudio":
-                return read_labelstudio(top_json[0], data, display_root)
+            if kind in ("coco", "labelstudio"):
+                reader = read_coco if kind == "coco" else read_labelstudio
+                plan = reader(top_json[0], data, display_root)
+                _add_unlisted(plan, path, display_root, exclude | {top_json[0].resolve()})
+                return plan
         plan = Plan("folder")
         plan.stream = iter_folder(path, plan, exclude=exclude, display_root=display_root)
         plan.total = count_folder(path)
@@ -117,6 +122,15 @@ def _plan_for(path: Path, display_root: str, exclude: set[Path]) -> Plan:
         "COCO / Label Studio JSON, YOLO folders, zip archives)",
         field="path",
     )
+
+
+def _add_unlisted(plan: Plan, root: Path, display_root: str, exclude: set[Path]) -> None:
+    """A folder holding a label file: its other images are imported too
+    (unlabeled), so nothing in the folder is silently left out."""
+    listed = {e.path.resolve() for e in plan.entries}
+    for e in iter_folder(root, plan, exclude=exclude, display_root=display_root):
+        if e.path.resolve() not in listed:
+            plan.entries.append(e)
 
 
 def _archive_root(d: Path) -> Path:
@@ -258,7 +272,6 @@ def import_path(
                         created_by,
                         pool,
                         report,
-                        report_progress,
                         path,
                     )
                     break
@@ -474,7 +487,6 @@ def _commit(
     created_by: str,
     pool: str,
     report: ImportReport,
-    progress: Progress,
     path: Path,
 ) -> None:
     annotator = created_by or "import"
@@ -506,7 +518,8 @@ def _commit(
             if wanted:
                 _import_annotations(catalog, s, ds.id, wanted, annotator, task_id, report)
             done += len(batch)
-            progress(0.9 + 0.1 * done / max(n, 1), f"committed {done}/{n}")
+            if _after_commit_batch is not None:
+                _after_commit_batch(done, n)
         if task_id is not None:
             s.add(
                 LineageEdge(

@@ -25,6 +25,8 @@ log = logging.getLogger("citybrain.jobs")
 
 #: consumer group every worker joins
 GROUP = "workers"
+#: the stream keeps about this many entries (acknowledged ones are history only)
+STREAM_MAXLEN = 100_000
 
 # Moves due delayed retries into the stream, atomically (KEYS: delayed zset, stream).
 _PROMOTE_LUA = """
@@ -159,7 +161,12 @@ class JobQueue:
 
     def wake(self, task_id: str, attempt: int) -> str:
         """Add a stream entry for ``task_id``; returns the entry id."""
-        return self.redis.xadd(self.keys.stream, {"task_id": task_id, "attempt": str(attempt)})
+        return self.redis.xadd(
+            self.keys.stream,
+            {"task_id": task_id, "attempt": str(attempt)},
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
 
     def wake_later(self, task_id: str, attempt: int, delay_s: float) -> None:
         self.redis.zadd(self.keys.delayed, {f"{task_id}:{attempt}": time.time() + delay_s})

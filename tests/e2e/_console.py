@@ -44,6 +44,13 @@ def browser():
             b.close()
 
 
+def new_page(browser):  # type: ignore[no-untyped-def]
+    """A page with generous timeouts: CI machines are shared and slow."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(90_000)
+    return page
+
+
 def login(page, base: str, token: str, next_url: str = "/datasets") -> None:
     page.goto(f"{base}/login?next={next_url}")
     page.fill("#token", token)

@@ -8,8 +8,10 @@ import httpx
 import pytest
 
 from tests._api_helpers import ADMIN_TOKEN, NO_REDIS, auth, serve_subprocess, write_images
-from tests.e2e._console import browser, cli, login  # noqa: F401 - fixture
+from tests.e2e._console import browser, cli, login, new_page  # noqa: F401 - fixture
 
+#: one client with generous timeouts: the test machines are shared and slow
+HTTP = httpx.Client(timeout=60)
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
@@ -21,14 +23,14 @@ def test_draw_one_box(tmp_path, browser, artifacts_dir):  # noqa: F811
     with serve_subprocess(data_dir, extra_env={"CITYBRAIN_REDIS_URL": NO_REDIS}) as base:
         h = auth(ADMIN_TOKEN)
         # the annotator uploads the images with the console's upload form
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(browser)
         login(page, base, token, "/datasets")
         page.fill("#upload-dataset", "boxes")
         page.set_input_files("#upload-files", [str(f) for f in files])
         page.click("#upload-submit")
-        page.wait_for_selector("#upload-result[data-added='2']")
-        assert "2 added" in page.inner_text("#upload-result")
-        r = httpx.post(
+        page.wait_for_selector("#upload-result.ok, #upload-result.err")
+        assert "2 added" in page.inner_text("#upload-result"), page.inner_text("#upload-result")
+        r = HTTP.post(
             f"{base}/api/v1/annotation-tasks",
             json={"dataset": "boxes", "kind": "boxes", "labels": ["car", "person"]},
             headers=h,
@@ -54,7 +56,7 @@ def test_draw_one_box(tmp_path, browser, artifacts_dir):  # noqa: F811
         page.keyboard.press("Enter")
         page.wait_for_function("document.getElementById('done-count').textContent === '1'")
 
-        view = httpx.get(f"{base}/api/v1/datasets/boxes/samples/{sid}", headers=h).json()
+        view = HTTP.get(f"{base}/api/v1/datasets/boxes/samples/{sid}", headers=h).json()
         assert view["annotation_kind"] == "boxes" and len(view["boxes"]) == 1
         box = view["boxes"][0]
         w, h_ = view["width"], view["height"]

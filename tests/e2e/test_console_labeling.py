@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from tests._api_helpers import ADMIN_TOKEN, auth, serve_subprocess, write_images
-from tests.e2e._console import browser, cli, login  # noqa: F401 - fixture
+from tests.e2e._console import browser, cli, login, new_page  # noqa: F401 - fixture
 
+#: one client with generous timeouts: the test machines are shared and slow
+HTTP = httpx.Client(timeout=60)
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 LABELS = ["car", "bus", "bike"]
 
@@ -30,12 +32,12 @@ def test_label_twenty_samples_with_the_keyboard(tmp_path, browser, artifacts_dir
     env = {"CITYBRAIN_REDIS_URL": redis_url, "CITYBRAIN_EVENTS_CHANNEL": channel}
     with serve_subprocess(data_dir, extra_env=env) as base:
         h = auth(ADMIN_TOKEN)
-        samples = httpx.get(f"{base}/api/v1/datasets/street/samples?limit=100", headers=h).json()
+        samples = HTTP.get(f"{base}/api/v1/datasets/street/samples?limit=100", headers=h).json()
         assert samples["total"] == 24
         ids = [s["id"] for s in samples["items"]][:20]
         # a model suggested labels for the first five: Enter accepts them
         prelabels = {sid: {"label": "bus", "score": 0.9, "model_version": "m0"} for sid in ids[:5]}
-        r = httpx.post(
+        r = HTTP.post(
             f"{base}/api/v1/annotation-tasks",
             json={
                 "dataset": "street",
@@ -50,7 +52,7 @@ def test_label_twenty_samples_with_the_keyboard(tmp_path, browser, artifacts_dir
         assert r.status_code == 201, r.text
         task_id = r.json()["id"]
 
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(browser)
         login(page, base, token, "/datasets/street")
         assert page.locator(".thumb").count() == 24
         # thumbnails in view are served and decoded (the rest load lazily)
@@ -92,20 +94,20 @@ def test_label_twenty_samples_with_the_keyboard(tmp_path, browser, artifacts_dir
         assert "All" in page.inner_text("#message")
 
         # the labels are in the catalog
-        got = httpx.get(
+        got = HTTP.get(
             f"{base}/api/v1/datasets/street/samples?labeled=true&limit=100", headers=h
         ).json()
         assert got["total"] == 20
         assert {s["id"]: s["label"] for s in got["items"]} == expected
         assert all(s["annotator"] == "ann" for s in got["items"])
-        accepted = httpx.get(
+        accepted = HTTP.get(
             f"{base}/api/v1/datasets/street/samples/{ids[0]}/annotations", headers=h
         ).json()
         assert [a["source"] for a in accepted] == ["model", "human"]
         assert accepted[1]["prelabel_id"] == accepted[0]["id"]
 
         # export COCO through the API
-        r = httpx.get(f"{base}/api/v1/datasets/street/export?format=coco", headers=h, timeout=60)
+        r = HTTP.get(f"{base}/api/v1/datasets/street/export?format=coco", headers=h, timeout=60)
         assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
         with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
             coco = json.loads(zf.read("annotations.json"))
@@ -165,8 +167,8 @@ def test_label_twenty_samples_with_the_keyboard(tmp_path, browser, artifacts_dir
             "document.getElementById('review-info').textContent.includes('of 18')"
         )
         page.screenshot(path=str(artifacts_dir / "console_review.png"))
-        summary = httpx.get(f"{base}/api/v1/annotation-tasks/{task_id}", headers=h).json()
+        summary = HTTP.get(f"{base}/api/v1/annotation-tasks/{task_id}", headers=h).json()
         assert summary["done"] == 19  # the rejected item went back to its annotator
-        queue = httpx.get(f"{base}/api/v1/annotation-tasks/{task_id}/review", headers=h).json()
+        queue = HTTP.get(f"{base}/api/v1/annotation-tasks/{task_id}/review", headers=h).json()
         assert len(queue) == 18
         page.close()

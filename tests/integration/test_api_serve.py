@@ -20,6 +20,8 @@ import redis
 
 from tests._api_helpers import ADMIN_TOKEN, auth, png_bytes, serve_subprocess
 
+#: one client with generous timeouts: the test machines are shared and slow
+HTTP = httpx.Client(timeout=60)
 pytestmark = pytest.mark.integration
 MB = 1 << 20
 CHANNEL = f"cbtest:{uuid.uuid4().hex[:10]}:events"
@@ -47,18 +49,18 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_tokens_work_against_the_server(server):
     url, data_dir = server
-    assert httpx.get(f"{url}/api/v1/health").json()["status"] == "ok"
+    assert HTTP.get(f"{url}/api/v1/health").json()["status"] == "ok"
     res = _cli(data_dir, "token", "create", "alice", "--role", "viewer")
     assert res.returncode == 0, res.stderr
     token = res.stdout.strip()
     assert token.startswith("cb_") and "shown once" in res.stderr
-    assert httpx.get(f"{url}/api/v1/tokens/me", headers=auth(token)).json()["role"] == "viewer"
-    r = httpx.post(f"{url}/api/v1/datasets", json={"name": "x"}, headers=auth(token))
+    assert HTTP.get(f"{url}/api/v1/tokens/me", headers=auth(token)).json()["role"] == "viewer"
+    r = HTTP.post(f"{url}/api/v1/datasets", json={"name": "x"}, headers=auth(token))
     assert r.status_code == 403
     listing = _cli(data_dir, "token", "list")
     assert "alice" in listing.stdout and token not in listing.stdout
     assert _cli(data_dir, "token", "revoke", "alice").returncode == 0
-    assert httpx.get(f"{url}/api/v1/tokens/me", headers=auth(token)).status_code == 401
+    assert HTTP.get(f"{url}/api/v1/tokens/me", headers=auth(token)).status_code == 401
     bad = _cli(data_dir, "token", "create", "bob", "--role", "emperor")
     assert (
         bad.returncode == 2
@@ -111,7 +113,7 @@ def test_upload_limits_on_the_wire(server):
     assert resp.startswith(b"HTTP/1.1 413"), resp[:200]
     assert b"PayloadTooLarge" in resp
     # under the limit the same route imports
-    r = httpx.post(
+    r = HTTP.post(
         f"{url}/api/v1/datasets/wire/uploads?filename=a.png",
         content=png_bytes(3),
         headers=auth(ADMIN_TOKEN),
@@ -144,7 +146,7 @@ def test_events_are_relayed_as_sse(server, redis_url):
 
     t = threading.Thread(target=listen, daemon=True)
     t.start()
-    assert ready.wait(15)
+    assert ready.wait(60)
     r = redis.Redis.from_url(redis_url)
     try:
         for p in (0.25, 0.5, 1.0):
@@ -160,7 +162,7 @@ def test_events_are_relayed_as_sse(server, redis_url):
             time.sleep(0.1)
     finally:
         r.close()
-    t.join(15)
+    t.join(60)
     assert [e["progress"] for e in got] == [0.25, 0.5, 1.0]
     # no token: 401 before any stream starts
-    assert httpx.get(f"{url}/api/v1/events").status_code == 401
+    assert HTTP.get(f"{url}/api/v1/events").status_code == 401

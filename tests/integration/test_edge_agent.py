@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent import Agent, load_config
 from edge_agent.protocol import (
+    ArtifactRef,
     DesiredState,
     DeviceStatus,
     Event,
@@ -189,6 +190,7 @@ def test_newer_revision_supersedes_an_apply_in_flight(env: Any) -> None:
     assert r.last_error is None
     assert agent.stats.get("applies_superseded") == 1
     assert not agent.cache.has(ref2.sha256)  # never finished, never loaded
+    assert not list((agent.data_dir / "staging").iterdir())  # its partial is cleaned up
 
 
 FAULTS = [
@@ -252,6 +254,7 @@ def test_hostile_messages_are_rejected_and_counted(env: Any) -> None:
     agent = env.agent()
     w = reported(env, agent)
     topic = Topics.desired(agent.device)
+    dup = ArtifactRef(sha256="0" * 64, size=1, signature="x")
     for payload in (
         b"{not json",
         b"[1,2]",
@@ -262,9 +265,12 @@ def test_hostile_messages_are_rejected_and_counted(env: Any) -> None:
             {"schema": "citybrain.desired/1", "device": agent.device, "revision": "x"}
         ).encode(),
         encode(desired("someone-else", 7, [])),
+        encode(
+            desired(agent.device, 9, [("cam1", "a", "1.0.0", dup), ("cam1", "b", "1.0.0", dup)])
+        ),
     ):
         publish_retained(env.port, topic, payload)
-    wait_for(lambda: w.last() and w.last().rejected == 5)
+    wait_for(lambda: w.last() and w.last().rejected == 6)
     assert "rejected desired state" in w.last().last_error
     assert agent.applied_revision == -1
     # a chunk reply nobody asked for
@@ -273,8 +279,8 @@ def test_hostile_messages_are_rejected_and_counted(env: Any) -> None:
     publish_retained(env.port, Topics.chunk(agent.device), b"")
     # still alive and applying
     _, ref, _ = env.package(version="1.0.0")
-    env.send(desired(agent.device, 8, [("cam1", "tiny-cls", "1.0.0", ref)]))
-    applied(w, 8, "1.0.0")
+    env.send(desired(agent.device, 10, [("cam1", "tiny-cls", "1.0.0", ref)]))
+    applied(w, 10, "1.0.0")
 
 
 def test_unopenable_source_is_reported_and_retried(env: Any) -> None:

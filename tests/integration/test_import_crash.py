@@ -26,19 +26,27 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 from cloud.catalog import Catalog
-from cloud.importers import import_path
+from cloud.importers import _import, import_path
 
 stage = sys.argv[2]
 said = False
 
-def progress(fraction, msg):
+def stop_here(msg):
     global said
-    hit = (stage == "read" and msg.startswith("read ")) or (stage == "commit" and msg.startswith("committed "))
-    if hit and not said:
+    if not said:
         said = True
         print("KILL-ME", msg, flush=True)
-        time.sleep(30)  # inside the read loop / inside the open transaction
+        time.sleep(30)  # the parent kills us here
 
+def progress(fraction, msg):
+    if stage == "read" and msg.startswith("read "):
+        stop_here(msg)  # inside the read loop: blobs written, no rows
+
+def after_batch(done, total):
+    if stage == "commit":
+        stop_here(f"committed {done}/{total}")  # inside the open transaction
+
+_import._after_commit_batch = after_batch
 import_path(Catalog.open(), Path(sys.argv[1]), "crash", progress=progress)
 print("FINISHED", flush=True)
 """

@@ -26,7 +26,7 @@ from cloud.catalog.models import Dataset, DatasetSample, Sample
 from cloud.core.config import Settings
 from cloud.ingest import FIELD_POOL, HardSampleIngest, IngestConfig
 from cloud.ingest._consumer import _Item
-from edge_agent.protocol import HardSample, Topics, encode
+from edge_agent.protocol import HardSample, HardSampleReceipt, Topics, decode, encode
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -91,6 +91,36 @@ def _sample(device: str, sid: str, image: bytes | None = None, **kw: Any) -> Har
     return HardSample(**fields)
 
 
+class Receipts:
+    """Collects the ingest's receipts to every device."""
+
+    def __init__(self, port: int) -> None:
+        self.by_device: dict[str, list[HardSampleReceipt]] = {}
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"r-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe("cb/v1/dev/+/hard/receipt", qos=1)
+        self.c.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        r = decode(msg.payload, HardSampleReceipt)
+        assert msg.topic == Topics.hard_receipt(r.device)
+        self.by_device.setdefault(r.device, []).append(r)
+
+    def stored(self, device: str) -> list[str]:
+        return [i for r in self.by_device.get(device, []) for i in r.stored]
+
+    def rejected(self, device: str) -> dict[str, str]:
+        return {k: v for r in self.by_device.get(device, []) for k, v in r.rejected.items()}
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
 class Pub:
     def __init__(self, port: int) -> None:
         self.c = mqtt.Client(
@@ -117,6 +147,7 @@ def _wait(pred: Any, timeout: float = 20) -> None:
 def test_provenance_duplicates_and_hostile_messages(settings: Settings, broker: Any) -> None:
     ing = _consumer(settings, broker, "ingest-a")
     pub = Pub(broker.port)
+    receipts = Receipts(broker.port)
     try:
         good = _sample("dev-a", "sample-good-1")
         pub.send("dev-a", encode(good))
@@ -197,10 +228,25 @@ def test_provenance_duplicates_and_hostile_messages(settings: Settings, broker: 
         assert by_key["sample-by-ref"][0].id == ref and by_key["sample-by-ref"][2] == "field-helmet"
         assert by_key["sample-other-alg"][2] == "field-smoke"
 
+        # receipts: what is in the catalog (a duplicate too), and what never will be
+        _wait(lambda: "sample-other-alg" in receipts.stored("dev-c"))
+        assert sorted(receipts.stored("dev-a")) == ["sample-good-1", "sample-good-1"]
+        assert sorted(receipts.stored("dev-c")) == ["sample-by-ref", "sample-other-alg"]
+        rejected = receipts.rejected("dev-a")
+        assert rejected["sample-png-1"].startswith("bad_image")
+        assert rejected["sample-noblob"].startswith("blob_missing")
+        assert rejected["sample-raw-1"].startswith("malformed")  # the bad base64 one
+        assert receipts.rejected("dev-b") == {
+            "sample-spoofed": "device_mismatch: sample sample-spoofed says device 'dev-a' "
+            "on topic of 'dev-b'"
+        }
+        assert "sample-spoofed" not in receipts.rejected("dev-a")  # only the sender hears
+
         # the consumer is still alive after all that
         pub.send("dev-a", encode(_sample("dev-a", "sample-after-1")))
         _wait(lambda: ing.stats.stored == 4)
     finally:
+        receipts.close()
         pub.close()
         ing.stop()
 
@@ -236,6 +282,47 @@ def test_samples_sent_while_consumer_is_down_arrive_once(settings: Settings, bro
         with ing.catalog.sessions() as s:
             keys = s.scalars(select(Sample.idempotency_key)).all()
         assert sorted(keys) == ["sample-before-0"] + [f"sample-offline-{n:02d}" for n in range(20)]
+    finally:
+        pub.close()
+        ing.stop()
+
+
+def test_cli_rejects_a_bad_broker_url(data_dir: Path) -> None:
+    import subprocess
+
+    cb = str(Path(sys.executable).with_name("citybrain"))
+    r = subprocess.run(
+        [cb, "ingest", "--broker", "http://example.org:80"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "--broker" in r.stderr and "mqtt://" in r.stderr
+
+
+def test_metrics_endpoint(settings: Settings, broker: Any) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    ing = HardSampleIngest(
+        settings,
+        IngestConfig(broker_url=broker.url, client_id="ingest-m", batch_ms=50, metrics_port=port),
+    )
+    ing.start()
+    pub = Pub(broker.port)
+    try:
+        assert ing.wait_connected(10)
+        time.sleep(0.3)
+        pub.send("dev-m", encode(_sample("dev-m", "sample-metrics-1")))
+        pub.send("dev-m", b"{}")
+        _wait(lambda: ing.stats.stored == 1 and sum(ing.stats.rejected.values()) == 1)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        lines = text.decode().splitlines()
+        assert "citybrain_ingest_stored_total 1.0" in lines
+        assert 'citybrain_ingest_rejected_total{reason="schema"} 1.0' in lines
     finally:
         pub.close()
         ing.stop()

@@ -278,3 +278,23 @@ def test_serve_chunks_cli_process(env, broker, tmp_path: Path) -> None:
             dev.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_shared_subscription_splits_requests_without_duplicates(env, broker) -> None:
+    store, _, v, data, _ = env
+    url = f"mqtt://127.0.0.1:{broker}"
+    a = st.ChunkService(store, url, share_group="store").start()
+    b = st.ChunkService(store, url, share_group="store").start()
+    dev = Device(broker, f"sh-{uuid.uuid4().hex[:6]}")
+    try:
+        n = 12
+        for i in range(n):
+            header, chunk = dev.ask(v.sha256, i * 100, 100)
+            assert header.status == "ok" and chunk == data[i * 100 : (i + 1) * 100]
+        time.sleep(0.3)
+        assert dev.replies.empty()  # exactly one reply per request
+        assert a.stats.served + b.stats.served == n
+    finally:
+        dev.close()
+        a.stop()
+        b.stop()

@@ -265,12 +265,13 @@ def test_agreement_on_overlap(catalog, sessions):
 
 
 def test_kappa_reference_values():
-    # sklearn's cohen_kappa_score as the reference
-    from sklearn.metrics import cohen_kappa_score
-
-    a = ["x", "x", "y", "y", "z", "x", "y", "z", "z", "x"]
-    b = ["x", "y", "y", "y", "z", "x", "x", "z", "y", "x"]
-    assert ann.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    # Cohen's classic example (Wikipedia): 50 items, 20 yes/yes, 5 yes/no,
+    # 10 no/yes, 15 no/no -> po = 0.7, pe = 0.5, kappa = 0.4
+    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert ann.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert ann.cohen_kappa(["x", "x"], ["x", "x"]) == 1.0
+    assert ann.cohen_kappa([], []) is None
     # Fleiss' classic example (Wikipedia, 10 items, 14 raters, 5 categories) -> 0.210
     table = [
         [0, 0, 0, 0, 14],
@@ -294,3 +295,46 @@ def test_kappa_reference_values():
         [{"x1": 0, "y1": 0, "x2": 10, "y2": 10, "label": "car"}],
         [{"x1": 1, "y1": 1, "x2": 10, "y2": 10, "label": "bus"}],
     )
+
+
+def test_concurrent_annotators_never_get_the_same_sample(catalog):
+    import threading
+
+    with transaction(catalog.sessions) as s:
+        ds = Dataset(name="many", labels=["a", "b"])
+        s.add(ds)
+        s.flush()
+        for i in range(40):
+            s.add(Sample(id=_sid(1000 + i)))
+            s.flush()
+            s.add(DatasetSample(dataset_id=ds.id, sample_id=_sid(1000 + i)))
+    with transaction(catalog.sessions) as s:
+        spec = ann.AnnotationTaskSpec(dataset="many", batch_size=4, limit=1000)
+        tid = ann.create_annotation_task(catalog, s, spec, created_by="op").id
+    got: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        mine: list[str] = []
+        try:
+            while True:
+                with transaction(catalog.sessions) as s:
+                    item = ann.next_item(s, tid, name)
+                    if item is None:
+                        break
+                    ann.submit(catalog, s, tid, name, item.sample_id, label="a")
+                    mine.append(item.sample_id)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        got[name] = mine
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    labeled = [sid for v in got.values() for sid in v]
+    assert len(labeled) == len(set(labeled)) == 40
+    with transaction(catalog.sessions) as s:
+        assert ann.summarize(s, tid).done == 40

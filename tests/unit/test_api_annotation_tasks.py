@@ -163,6 +163,20 @@ def test_console_pages(env):
         == 304
     )
     assert c.get("/tasks").status_code == 200
+    # once the flywheel has embedded the samples, the sample page shows neighbours
+    import numpy as np
+
+    from cloud.flywheel._pipeline import EmbeddingStore
+
+    ids = [x["id"] for x in c.get("/api/v1/datasets/cars/samples?limit=100").json()["items"]]
+    store = EmbeddingStore(c.app.state.settings.data_dir / "embeddings" / "test-backbone", 4)
+    vecs = np.array([[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 1.0, 0, 0], [0.5, 0.5, 0, 0]])
+    store.add(ids[:4], vecs.astype(np.float32))
+    r = c.get(f"/datasets/cars/samples/{ids[0]}")
+    assert "Nearest neighbours" in r.text
+    order = [x.split('"')[0] for x in r.text.split('id="neighbours"')[1].split('data-sample="')[1:]]
+    assert order == [ids[1], ids[3], ids[2]]  # by cosine similarity to ids[0]
+    assert "Nearest neighbours" not in c.get(f"/datasets/cars/samples/{ids[5]}").text
     r = c.get("/datasets/nope")
     assert r.status_code == 404 and "Error 404" in r.text
     r = c.get("/logout", follow_redirects=False)

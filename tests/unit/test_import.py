@@ -286,3 +286,28 @@ def test_import_records_task_lineage(catalog: Catalog, folder: Path) -> None:
     with catalog.sessions() as s:
         owners = set(s.scalars(select(DatasetSample.added_by_task)))
     assert owners == {tid}
+
+
+def test_progress_callback_may_write_the_catalog(catalog: Catalog, folder: Path) -> None:
+    """Progress is reported outside the commit transaction: a callback that
+    writes the task record (as workers do) must not wait on the import's lock."""
+    from cloud.catalog.models import Task, TaskKind
+
+    with catalog.transaction() as s:
+        task = Task(kind=TaskKind.IMPORT)
+        s.add(task)
+        s.flush()
+        tid = task.id
+    seen: list[float] = []
+
+    def progress(fraction: float, msg: str) -> None:
+        with catalog.transaction() as s:
+            row = s.get(Task, tid)
+            assert row is not None
+            row.progress, row.message = fraction, msg
+        seen.append(fraction)
+
+    r = import_path(catalog, folder, "photos", progress=progress, task_id=tid)
+    assert r.added == 7 and seen[-1] == 1.0
+    with catalog.sessions() as s:
+        assert s.get(Task, tid).progress == 1.0  # type: ignore[union-attr]

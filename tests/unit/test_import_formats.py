@@ -58,9 +58,13 @@ def test_coco_import(catalog: Catalog, tmp_path: Path) -> None:
         {"x1": 50.0, "y1": 50.0, "x2": 60.0, "y2": 70.0, "label": "person"},
     ]
     assert sorted(a.label or "" for a in anns.values()) == ["", "person"]
-    # the folder holding one COCO file is detected as COCO too; nothing new
+    # the folder holding one COCO file is detected as COCO too; nothing new but
+    # the image the COCO file does not list (imported unlabeled, not left out)
+    write_jpeg(tmp_path / "coco" / "images" / "extra.jpg", 19, size=100)
+    (tmp_path / "coco" / "notes.txt").write_text("x")
     r2 = import_path(catalog, tmp_path / "coco", "c")
-    assert (r2.kind, r2.added, r2.annotations_added, r2.annotations_unchanged) == ("coco", 0, 0, 2)
+    assert (r2.kind, r2.added, r2.annotations_added, r2.annotations_unchanged) == ("coco", 1, 0, 2)
+    assert [s.file for s in r2.skipped] == ["coco/notes.txt"]
 
 
 def test_coco_hostile(catalog: Catalog, tmp_path: Path) -> None:
@@ -342,3 +346,18 @@ def test_export_csv_round_trip(catalog: Catalog, tmp_path: Path) -> None:
     a = {k: v.label for k, v in catalog.current_annotations("a").items()}
     b = {k: v.label for k, v in catalog.current_annotations("b").items()}
     assert a == b
+
+
+def test_zip_bomb_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    from cloud.errors import PayloadTooLarge
+
+    c = Catalog.open(Settings(data_dir=data_dir, max_upload_mb=1))  # archives: <= 20 MiB
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.jpg", b"\0" * (21 << 20))
+    assert z.stat().st_size < 1 << 20
+    with pytest.raises(PayloadTooLarge, match=r"bomb\.zip: unpacks to more than 20 MiB"):
+        import_path(c, z, "z")
+    assert list(c.tmp_dir.iterdir()) == []
+    assert counts(c) == (0, 0, 0)
+    c.close()

@@ -45,9 +45,9 @@ def test_truncated_or_flipped_images(base: bytes, pos: int, byte: int, truncate:
         info = probe_image(data, "x.img")
     except CorruptImage as e:
         assert "x.img" in e.message
-    else:  # a flipped byte in entropy-coded data may still decode: then it is whole
-        assert (info.width, info.height) == (40, 40)
-        assert not truncate or pos == len(base)
+    else:  # a flipped byte in entropy-coded data may still decode; a cut never does
+        assert info.width > 0 and info.height > 0
+        assert not truncate
 
 
 def test_every_tail_truncation_is_detected() -> None:

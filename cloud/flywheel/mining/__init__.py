@@ -21,9 +21,11 @@ Errors::
 
 from ._features import EXTRACTORS, extract_features
 from ._harness import (
+    TRAINERS,
     TrainEvalResult,
     check_budgets,
     curve_summary,
+    flywheel_head_train_eval,
     format_table,
     logistic_train_eval,
     plot_curves,
@@ -54,6 +56,7 @@ from ._types import (
 __all__ = [
     "EXTRACTORS",
     "STRATEGIES",
+    "TRAINERS",
     "AnnotationBatch",
     "BudgetExceedsPool",
     "LinearHead",
@@ -72,6 +75,7 @@ __all__ = [
     "curve_summary",
     "dedupe_against",
     "extract_features",
+    "flywheel_head_train_eval",
     "format_table",
     "kcenter_greedy",
     "kmeans_assign",

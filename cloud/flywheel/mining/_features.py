@@ -8,6 +8,11 @@ standardised over the pool and reduced by PCA to at most 64 dimensions. The
 PCA is fitted on the unlabeled images only — no label is used — so it plays
 the role of the self-supervised backbone of issue 5 until that backbone
 plugs in here (:data:`EXTRACTORS`).
+
+``simclr``: issue 5's self-supervised SimCLR pretraining run on the pool's own
+images (64×64, CPU) for a few epochs, then its encoder's 256-d embeddings —
+"self-supervised pretraining on the pool is part of the run". Slower (minutes
+for thousands of images on 2 cores).
 """
 
 from __future__ import annotations
@@ -83,13 +88,59 @@ def hog_color_pca(
     return PCA(n_components=k, random_state=0).fit_transform(raw).astype(np.float32)
 
 
-EXTRACTORS: dict[str, Extractor] = {"hog-color-pca": hog_color_pca}
+def load_rgb(paths: Sequence[str | os.PathLike], size: int = 64) -> np.ndarray:
+    """uint8 RGB images ``[N, size, size, 3]`` (area-resized)."""
+    import cv2
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        img = cv2.imread(os.fspath(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise MiningInputError(f"cannot read image {os.fspath(p)!r}", field="images")
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return out
+
+
+def simclr_pool(
+    paths: Sequence[str | os.PathLike],
+    progress: Callable[[int, int], None] | None = None,
+    epochs: int = 10,
+    checkpoint: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """Self-supervised pretraining on the pool itself (issue 5's SimCLR,
+    :func:`cloud.flywheel.pretrain_simclr`, CPU-friendly, 64×64 crops), then
+    the trained encoder's embeddings. No labels, no downloads. ``checkpoint``
+    (optional) makes the pretraining resumable; a temp file otherwise."""
+    import tempfile
+    from pathlib import Path
+
+    from cloud.flywheel import pretrain_simclr
+
+    images = load_rgb(paths)
+    if progress:
+        progress(0, epochs)
+
+    def step(frac: float, _msg: str) -> None:
+        if progress:
+            progress(round(frac * epochs), epochs)
+
+    if checkpoint is not None:
+        res = pretrain_simclr(images, Path(checkpoint), epochs=epochs, progress=step)
+        return res.backbone.embed(images)
+    with tempfile.TemporaryDirectory(prefix="simclr_") as tmp:
+        res = pretrain_simclr(images, Path(tmp) / "pool.pt", epochs=epochs, progress=step)
+        return res.backbone.embed(images)
+
+
+EXTRACTORS: dict[str, Extractor] = {"hog-color-pca": hog_color_pca, "simclr": simclr_pool}
 
 
 def extract_features(
     name: str,
     paths: Sequence[str | os.PathLike],
     progress: Callable[[int, int], None] | None = None,
+    **options,
 ) -> np.ndarray:
     try:
         fn = EXTRACTORS[name]
@@ -98,4 +149,4 @@ def extract_features(
             f"unknown feature extractor {name!r}; one of {', '.join(sorted(EXTRACTORS))}",
             field="extractor",
         ) from None
-    return fn(paths, progress)
+    return fn(paths, progress, **options)

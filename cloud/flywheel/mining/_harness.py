@@ -18,8 +18,9 @@ n_classes, seed) -> TrainEvalResult(accuracy, pool_probs)``. The default,
 :func:`logistic_train_eval`, is the cold-start procedure of a head on frozen
 embeddings: features standardised with the *pool's* statistics (no labels
 involved), then an L2-regularised multinomial logistic regression (sklearn,
-lbfgs) fitted on the labeled samples only. When the real Train button exists it
-plugs in here.
+lbfgs) fitted on the labeled samples only. :func:`flywheel_head_train_eval`
+runs the Train button's own head procedure (``cloud.flywheel._train.train_head``)
+instead; both are in :data:`TRAINERS`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,46 @@ def logistic_train_eval(
     acc = float((clf.predict(z_test) == y_test).mean())
     probs[:, clf.classes_] = clf.predict_proba(z_pool)
     return TrainEvalResult(acc, probs)
+
+
+def flywheel_head_train_eval(
+    x_lab: np.ndarray,
+    y_lab: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    x_pool: np.ndarray,
+    n_classes: int,
+    seed: int,
+) -> TrainEvalResult:
+    """The Train button's frozen-embedding head (:func:`cloud.flywheel._train.train_head`:
+    class-balanced L2 logistic regression by full-batch LBFGS on standardised
+    embeddings, default :class:`cloud.flywheel.TrainConfig`)."""
+    from cloud.flywheel._train import TrainConfig, train_head
+
+    present = np.unique(y_lab)
+    probs = np.zeros((x_pool.shape[0], n_classes), dtype=np.float32)
+    if present.size == 1:
+        probs[:, present[0]] = 1.0
+        return TrainEvalResult(float((y_test == present[0]).mean()), probs)
+    remap = np.searchsorted(present, y_lab)
+    w, b = train_head(x_lab, remap.astype(np.int64), present.size, TrainConfig(seed=seed))
+
+    def proba(x: np.ndarray) -> np.ndarray:
+        z = x @ w.T + b
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    acc = float((present[proba(x_test).argmax(axis=1)] == y_test).mean())
+    probs[:, present] = proba(x_pool)
+    return TrainEvalResult(acc, probs)
+
+
+#: name -> train_eval, for the CLI's ``--trainer``
+TRAINERS: dict[str, TrainEval] = {
+    "flywheel-head": flywheel_head_train_eval,
+    "logistic": logistic_train_eval,
+}
 
 
 def check_budgets(budgets: Sequence[int], pool_size: int) -> list[int]:

@@ -1,0 +1,219 @@
+"""Ray Serve vs a bare ONNX Runtime loop on the same model and machine.
+
+Builds a small CNN classifier (ONNX, built with onnx.helper), signs and
+publishes it to a temporary algorithm store, then measures
+
+* bare: ``cloud.serving.Predictor.predict`` on batches of ``--batch`` images
+  in one Python loop (preprocessing + ORT + softmax, no Ray);
+* serve: the same package deployed with ``cloud.serving.deploy_version`` (one
+  replica, ``@serve.batch(max_batch_size=--batch)``), driven through the
+  deployment handle by ``--concurrency`` client threads sending one image per
+  request.
+
+Prints throughput (images/s), the serve/bare ratio (target >= 0.8 at batch >= 8)
+and per-request latency p50/p99 (for bare: the latency of the batch that
+carried the image).
+
+    .venv/bin/python benchmarks/serving_bench.py [--images 1024 --batch 8 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def cnn_onnx(path: Path, size: int, classes: int = 4, seed: int = 0) -> Path:
+    """conv(3->16,s2) relu conv(16->32,s2) relu conv(32->64,s2) relu GAP gemm."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes, prev, cin = [], [], "input", 3
+    for i, cout in enumerate((16, 32, 64)):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node(
+                "Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]
+            ),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        prev, cin = f"r{i}", cout
+    wf = (rng.standard_normal((classes, cin)) * 0.1).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(wf, "wf"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "bf"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bench_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save_model(model, str(path))
+    return path
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) * 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=1024, help="images per measured run")
+    ap.add_argument("--batch", type=int, default=8, help="bare batch = serve max_batch_size")
+    ap.add_argument("--size", type=int, default=96, help="model input side")
+    ap.add_argument("--frame", default="240x320", help="HxW of the uint8 BGR input frames")
+    ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (both sides)")
+    ap.add_argument("--concurrency", type=int, default=32, help="client threads (serve)")
+    ap.add_argument("--wait-ms", type=float, default=5.0, help="serve batch_wait_timeout_s")
+    ap.add_argument("--repeats", type=int, default=2, help="best of N runs per side")
+    a = ap.parse_args()
+
+    import ray
+
+    import algorithm_store as st
+    from cloud.flywheel._export import preprocess_contract
+    from cloud.serving import Predictor, ServingConfig, deploy_version
+
+    fh, fw = (int(v) for v in a.frame.split("x"))
+    rng = np.random.default_rng(0)
+    pool = [rng.integers(0, 256, (fh, fw, 3), dtype=np.uint8) for _ in range(64)]
+    images = [pool[i % len(pool)] for i in range(a.images)]
+
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        t = Path(tmp)
+        key = st.load_private_key(st.keygen(t / "keys"))
+        store = st.AlgorithmStore(t / "store", private_key=key)
+        built = st.build_package(
+            cnn_onnx(t / "cnn.onnx", a.size),
+            id="bench-cnn",
+            version="1.0.0",
+            task="classify",
+            labels=["car", "person", "bike", "bus"],
+            private_key=key,
+            out_dir=t / "out",
+            input={
+                "name": "input",
+                "dtype": "float32",
+                "shape": ["N", 3, a.size, a.size],
+                "preprocess": preprocess_contract(a.size),
+            },
+            postprocess={"output": "logits"},
+            profile=False,
+        )
+        store.publish(built.archive, channel="stable")
+
+        # -- bare ONNX Runtime loop --------------------------------------------
+        pred = Predictor.from_store(store, "bench-cnn", "1.0.0", intra_op_threads=a.threads)
+        pred.predict(images[: a.batch])  # warm
+        bare_best, bare_lat = 0.0, []
+        for _ in range(a.repeats):
+            lat = []
+            t0 = time.perf_counter()
+            for i in range(0, len(images), a.batch):
+                chunk = images[i : i + a.batch]
+                s = time.perf_counter()
+                pred.predict(chunk)
+                lat += [time.perf_counter() - s] * len(chunk)
+            tput = len(images) / (time.perf_counter() - t0)
+            if tput > bare_best:
+                bare_best, bare_lat = tput, lat
+
+        # -- Ray Serve -----------------------------------------------------------
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        try:
+            cfg = ServingConfig(
+                max_batch_size=a.batch,
+                batch_wait_timeout_s=a.wait_ms / 1000,
+                min_replicas=1,
+                max_replicas=1,
+                num_cpus=1,
+                intra_op_threads=a.threads,
+                max_ongoing_requests=max(a.batch, a.concurrency),
+            )
+            handle = deploy_version(store, "bench-cnn", "1.0.0", cfg)
+            for r in [handle.remote(im) for im in images[: 4 * a.batch]]:  # warm
+                r.result()
+            serve_best, serve_lat, sizes = 0.0, [], {}
+            for _ in range(a.repeats):
+                lat: list[float] = []
+                lock = threading.Lock()
+                nxt = iter(range(len(images)))
+
+                def client() -> None:
+                    while True:
+                        with lock:
+                            i = next(nxt, None)
+                        if i is None:
+                            return
+                        s = time.perf_counter()
+                        handle.remote(images[i]).result()
+                        d = time.perf_counter() - s
+                        with lock:
+                            lat.append(d)
+
+                threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
+                t0 = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                tput = len(images) / (time.perf_counter() - t0)
+                if tput > serve_best:
+                    serve_best, serve_lat = tput, lat
+            sizes = handle.info.remote().result()["batch_sizes"]
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+    images_served = sum(int(k) * v for k, v in sizes.items())
+    mean_batch = images_served / max(1, sum(sizes.values()))
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
+    )
+    print(
+        f"model: CNN 3x{a.size}x{a.size} -> 4 classes; frames {fh}x{fw} uint8 BGR; "
+        f"images/run {a.images}; ORT threads {a.threads}; best of {a.repeats}"
+    )
+    print(
+        f"bare ORT loop   batch {a.batch:3d}: {bare_best:8.1f} img/s  "
+        f"p50 {pct(bare_lat, 50):7.2f} ms  p99 {pct(bare_lat, 99):7.2f} ms"
+    )
+    print(
+        f"Ray Serve  max_batch {a.batch:3d}: {serve_best:8.1f} img/s  "
+        f"p50 {pct(serve_lat, 50):7.2f} ms  p99 {pct(serve_lat, 99):7.2f} ms  "
+        f"(concurrency {a.concurrency}, mean formed batch {mean_batch:.1f})"
+    )
+    ratio = serve_best / bare_best
+    print(
+        f"serve / bare throughput: {ratio:.2f}x (target >= 0.80x) -> {'OK' if ratio >= 0.8 else 'BELOW TARGET'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
