@@ -37,6 +37,9 @@ from tests.edge_support import (  # noqa: E402
 
 CONSUMER = """
 import json, sys, uuid
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ingest-" + uuid.uuid4().hex[:6], protocol=mqtt.MQTTv5)
 c.reconnect_delay_set(1, 1)
@@ -137,7 +140,7 @@ def main() -> None:
             time.sleep(expected_time / (args.restarts + 1))
             broker.stop()
             print(
-                f"restart {r + 1}: broker down at {time.monotonic() - t0:.1f}s, {added()} samples produced, {len(consumer.ids)} received"
+                f"restart {r + 1}: broker down at {time.monotonic() - t0:.1f}s, {added()} samples produced, {len(consumer.received())} received"
             )
             time.sleep(2)
             broker.start()

@@ -228,6 +228,7 @@ class HardSampleIngest:
         self._datasets: dict[str, int] = {}
         self._receipts: dict[str, HardSampleReceipt] = {}  # per batch, by device
         self._writer: threading.Thread | None = None
+        self._metrics_server: Any = None
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ mqtt
@@ -297,7 +298,9 @@ class HardSampleIngest:
         props.SessionExpiryInterval = self.config.session_expiry_s
         props.ReceiveMaximum = self.config.receive_maximum
         if self.config.metrics_port is not None:
-            start_http_server(self.config.metrics_port, registry=self.registry)
+            self._metrics_server = start_http_server(
+                self.config.metrics_port, registry=self.registry
+            )
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         self.client.connect_async(
@@ -323,6 +326,11 @@ class HardSampleIngest:
             self._writer.join(timeout=60)
         self.client.disconnect()
         self.client.loop_stop()
+        if self._metrics_server is not None:
+            server = self._metrics_server[0]
+            server.shutdown()
+            server.server_close()
+            self._metrics_server = None
         self.catalog.close()
 
     def run_forever(self) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.serving._config import ServingConfig
-from cloud.serving._errors import InvalidRequest, PackageUnusable, RayUnavailable
+from cloud.serving._errors import BadImage, InvalidRequest, PackageUnusable, RayUnavailable
 from cloud.serving._predictor import (
     Prediction,
     Predictor,
@@ -124,6 +124,17 @@ class BatchCore:
             )
         return [_check_image(i, img) for i, img in enumerate(images)]
 
+    def decode(self, data: bytes) -> np.ndarray:
+        """An encoded image (JPEG, PNG, ...) from an HTTP body -> uint8 BGR."""
+        import cv2
+
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        if img is None:
+            raise BadImage(
+                f"request body ({len(data)} bytes) is not a decodable image", field="body"
+            )
+        return img
+
     def run_batch(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[Prediction]]:
         flat = [img for r in requests for img in r]
         preds = self.predictor.predict(flat, color_order=self.config.color_order)  # type: ignore[arg-type]
@@ -166,8 +177,21 @@ def _deployment_class() -> Any:
         async def _batched(self, requests: list[list[np.ndarray]]) -> list[list[Prediction]]:
             return self.core.run_batch(requests)
 
-        async def __call__(self, request: Any) -> Prediction | list[Prediction]:
-            """One image -> its Prediction; a list of images -> their Predictions."""
+        async def __call__(self, request: Any) -> Any:
+            """Handle: one image -> its Prediction; a list -> their Predictions.
+            HTTP (Serve proxy, e.g. a RayService): POST an encoded image as the
+            body -> the prediction as JSON (400 with a message if undecodable)."""
+            if hasattr(request, "body") and hasattr(request, "headers"):
+                from starlette.responses import JSONResponse
+
+                try:
+                    img = self.core.decode(await request.body())
+                except BadImage as e:
+                    return JSONResponse(
+                        {"error": {"type": "invalid_input", "message": str(e), "field": e.field}},
+                        status_code=400,
+                    )
+                return (await self._batched([img]))[0].model_dump()
             preds = await self._batched(self.core.check(request))
             return preds[0] if isinstance(request, np.ndarray) else preds
 

@@ -122,6 +122,8 @@ def test_label_twenty_samples_with_the_keyboard(tmp_path, browser, artifacts_dir
         page.goto(f"{base}/datasets/street?label=bus")
         n_bus = sum(1 for v in expected.values() if v == "bus")
         assert page.locator(".thumb").count() == n_bus
+        page.wait_for_selector("#ds-header[data-loaded='1']")
+        assert page.inner_text("#labeled-count") == "20"
 
         # tasks page: live progress from Redis pub/sub over SSE
         page.goto(f"{base}/tasks")

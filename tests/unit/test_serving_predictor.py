@@ -359,6 +359,15 @@ def test_batch_core_flattens_requests_and_splits_predictions(predictor: Predicto
         core.check("frame.jpg")
     with pytest.raises(BadImage, match="image 1: dtype"):
         core.check([imgs[0], np.zeros((4, 4), np.int16)])
+    # HTTP bodies (RayService through the Serve proxy) are decoded to BGR
+    import cv2
+
+    ok, png = cv2.imencode(".png", imgs[2])
+    assert ok
+    np.testing.assert_array_equal(core.decode(png.tobytes()), imgs[2])
+    for body in (b"", b"GIF89a not really"):
+        with pytest.raises(BadImage, match="not a decodable image"):
+            core.decode(body)
 
 
 def test_predict_and_prelabel_through_a_handle(predictor: Predictor) -> None:

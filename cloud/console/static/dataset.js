@@ -1,6 +1,18 @@
 // New annotation task form (operators) on the dataset page.
 (function () {
   "use strict";
+  // the labeled count and version need table scans: fetched after the page is shown
+  const header = document.getElementById("ds-header");
+  if (header) {
+    fetch("/api/v1/datasets/" + encodeURIComponent(header.dataset.dataset), { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((st) => {
+        if (!st) return;
+        document.getElementById("labeled-count").textContent = st.labeled;
+        if (st.latest_version) document.getElementById("ds-version").textContent = " · version " + st.latest_version;
+        header.dataset.loaded = "1";
+      });
+  }
   const form = document.getElementById("new-task-form");
   if (!form) return;
   const list = (s) => s.split(",").map((x) => x.trim()).filter(Boolean);
