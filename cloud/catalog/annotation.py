@@ -122,6 +122,10 @@ class AnnotationTaskSpec(BaseModel):
     use_model_prelabels: bool = Field(
         default=True, description="also use the newest model pre-label already in the catalog"
     )
+    reasons: dict[str, str] = Field(
+        default_factory=dict,
+        description="sample id -> why it was chosen (e.g. the mining strategy and score)",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -337,10 +341,16 @@ def create_annotation_task(
         if not sample_ids:
             raise InvalidInput(f"dataset {ds.name!r} has no unlabeled samples", field="sample_ids")
 
-    unknown_pre = [s for s in spec.prelabels if s not in set(sample_ids)]
+    in_task = set(sample_ids)
+    unknown_pre = [s for s in spec.prelabels if s not in in_task]
     if unknown_pre:
         raise InvalidInput(
             f"pre-label for a sample not in the task: {unknown_pre[0]!r}", field="prelabels"
+        )
+    unknown_reason = [s for s in spec.reasons if s not in in_task]
+    if unknown_reason:
+        raise InvalidInput(
+            f"reason for a sample not in the task: {unknown_reason[0]!r}", field="reasons"
         )
 
     if spec.overlap:
@@ -427,6 +437,7 @@ def create_annotation_task(
                     batch=None,
                     overlap=True,
                     prelabel_id=pre_ids.get(sid),
+                    reason=spec.reasons.get(sid),
                 )
             )
     for i, sid in enumerate(rest):
@@ -438,6 +449,7 @@ def create_annotation_task(
                 batch=i // spec.batch_size,
                 overlap=False,
                 prelabel_id=pre_ids.get(sid),
+                reason=spec.reasons.get(sid),
             )
         )
     session.add(

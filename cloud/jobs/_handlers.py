@@ -25,9 +25,23 @@ def register_handler(kind: TaskKind | str, fn: Handler) -> Handler:
     return fn
 
 
+def _lazy(module: str, attr: str) -> Handler:
+    """A handler imported on first call, so workers start without torch."""
+
+    def run(ctx: JobContext) -> Any:
+        return getattr(importlib.import_module(module), attr)(ctx)
+
+    run.__name__ = attr
+    return run
+
+
 def registered_handlers() -> dict[TaskKind, Handler]:
     """A copy of this process's registry, with the built-in handlers."""
-    handlers: dict[TaskKind, Handler] = {TaskKind.IMPORT: import_handler}
+    handlers: dict[TaskKind, Handler] = {
+        TaskKind.IMPORT: import_handler,
+        TaskKind.PRETRAINING: _lazy("cloud.flywheel._handlers", "pretrain_handler"),
+        TaskKind.TRAINING: _lazy("cloud.flywheel._handlers", "train_handler"),
+    }
     handlers.update(_REGISTRY)
     return handlers
 

@@ -167,6 +167,7 @@ def test_prelabels_accept_and_boxes(catalog, sessions):
             dataset="cars",
             kind=AnnotationKind.BOXES,
             sample_ids=[sid, _sid(1)],
+            reasons={sid: "uncertainty 0.93"},
             prelabels={
                 sid: ann.PreLabel(
                     boxes=[ann.Box(x1=1, y1=2, x2=10, y2=20, label="car")],
@@ -179,6 +180,7 @@ def test_prelabels_accept_and_boxes(catalog, sessions):
     with transaction(sessions) as s:
         items = ann.my_items(s, tid, "ann")
         pre = next(i for i in items if i.sample_id == sid)
+        assert pre.reason == "uncertainty 0.93"
         assert pre.prelabel is not None and pre.prelabel.boxes[0].label == "car"
         row = ann.submit(catalog, s, tid, "ann", sid, accept_prelabel=True)
         assert row.boxes[0]["x2"] == 10 and row.prelabel_id == pre.prelabel_id

@@ -74,6 +74,7 @@
         (p.score != null ? " (" + Math.round(p.score * 100) + "%)" : "") + " — Enter accepts";
     }
     if (it.overlap) text += " · overlap";
+    if (it.reason) text += " · chosen because: " + it.reason;
     info.textContent = text;
     markButtons(it);
     redraw();
