@@ -1,20 +1,23 @@
 """Ray Serve vs a bare ONNX Runtime loop on the same model and machine.
 
-Builds a small CNN classifier (ONNX, built with onnx.helper), signs and
-publishes it to a temporary algorithm store, then measures
+Builds the classifier architecture the flywheel exports (``--model flywheel``:
+conv_encoder(256) + linear head at 64x64, random weights, as ONNX) or a lighter
+CNN, signs and publishes it to a temporary algorithm store, then measures, in
+alternating rounds on the same warm machine (best round per side):
 
-* bare: ``cloud.serving.Predictor.predict`` on batches of ``--batch`` images
-  in one Python loop (preprocessing + ORT + softmax, no Ray);
-* serve: the same package deployed with ``cloud.serving.deploy_version`` (one
-  replica, ``@serve.batch(max_batch_size=--batch)``), driven through the
-  deployment handle by ``--concurrency`` client threads sending one image per
-  request.
+* bare: ``cloud.serving.Predictor.predict`` on batches of ``--batch`` images in
+  one Python loop (preprocessing + ORT + softmax, no Ray);
+* per-image: the same package deployed with ``cloud.serving.deploy_version``
+  (one replica, ``@serve.batch(max_batch_size=--batch)``), ``--concurrency``
+  client threads sending one image per request through the handle;
+* chunked-K: the same deployment, requests of K images (``predict(...,
+  chunk=K)``), ``--concurrency / K`` client threads.
 
-Prints throughput (images/s), the serve/bare ratio (target >= 0.8 at batch >= 8)
-and per-request latency p50/p99 (for bare: the latency of the batch that
-carried the image).
+Prints throughput (images/s), the serve/bare ratio (target >= 0.8 at batch >= 8),
+per-request latency p50/p99 (bare: the batch that carried the image) and the
+batch sizes @serve.batch formed.
 
-    .venv/bin/python benchmarks/serving_bench.py [--images 1024 --batch 8 ...]
+    .venv/bin/python benchmarks/serving_bench.py [--images 512 --batch 8 ...]
 """
 
 from __future__ import annotations
@@ -27,20 +30,27 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def cnn_onnx(path: Path, size: int, classes: int = 4, seed: int = 0) -> Path:
-    """conv(3->16,s2) relu conv(16->32,s2) relu conv(32->64,s2) relu GAP gemm."""
+def cnn_onnx(path: Path, size: int, model: str, classes: int = 4, seed: int = 0) -> Path:
+    """``flywheel``: the architecture the flywheel trains and exports
+    (``cloud.flywheel._backbones.conv_encoder(256)`` + linear head: 4 x [conv3x3,
+    BN (folded), ReLU, maxpool], GAP, linear), with random weights.
+    ``light``: 3 strided convs 16/32/64 (about 10x cheaper)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     inits, nodes, prev, cin = [], [], "input", 3
-    for i, cout in enumerate((16, 32, 64)):
+    chans, stride, pool = (
+        ((32, 64, 128, 256), 1, True) if model == "flywheel" else ((16, 32, 64), 2, False)
+    )
+    for i, cout in enumerate(chans):
         w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
         inits += [
             numpy_helper.from_array(w, f"w{i}"),
@@ -48,11 +58,20 @@ def cnn_onnx(path: Path, size: int, classes: int = 4, seed: int = 0) -> Path:
         ]
         nodes += [
             helper.make_node(
-                "Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]
+                "Conv",
+                [prev, f"w{i}", f"b{i}"],
+                [f"c{i}"],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
             ),
             helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
         ]
         prev, cin = f"r{i}", cout
+        if pool and i < len(chans) - 1:
+            nodes.append(
+                helper.make_node("MaxPool", [prev], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2])
+            )
+            prev = f"p{i}"
     wf = (rng.standard_normal((classes, cin)) * 0.1).astype(np.float32)
     inits += [
         numpy_helper.from_array(wf, "wf"),
@@ -116,11 +135,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1024, help="images per measured run")
     ap.add_argument("--batch", type=int, default=8, help="bare batch = serve max_batch_size")
-    ap.add_argument("--size", type=int, default=96, help="model input side")
+    ap.add_argument("--model", choices=["flywheel", "light"], default="flywheel")
+    ap.add_argument("--size", type=int, default=64, help="model input side (flywheel: 64)")
     ap.add_argument("--frame", default="240x320", help="HxW of the uint8 BGR input frames")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (both sides)")
     ap.add_argument("--concurrency", type=int, default=32, help="client threads (serve)")
-    ap.add_argument("--chunk", type=int, default=4, help="images per request, chunked mode")
+    ap.add_argument(
+        "--chunks", default="4,8", help="images per request of the chunked modes (<= --batch)"
+    )
     ap.add_argument("--wait-ms", type=float, default=5.0, help="serve batch_wait_timeout_s")
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds; best per side")
     a = ap.parse_args()
@@ -141,7 +163,7 @@ def main() -> None:
         key = st.load_private_key(st.keygen(t / "keys"))
         store = st.AlgorithmStore(t / "store", private_key=key)
         built = st.build_package(
-            cnn_onnx(t / "cnn.onnx", a.size),
+            cnn_onnx(t / "cnn.onnx", a.size, a.model),
             id="bench-cnn",
             version="1.0.0",
             task="classify",
@@ -188,23 +210,25 @@ def main() -> None:
             handle = deploy_version(store, "bench-cnn", "1.0.0", cfg)
             for r in [handle.remote(im) for im in images[: 4 * a.batch]]:  # warm
                 r.result()
-            modes = {
+            modes: dict[str, tuple[int, int, Any]] = {
                 "bare": (a.batch, 1, bare_round),
                 "per-image": (1, a.concurrency, lambda: drive(handle, images, 1, a.concurrency)),
-                "chunked": (
-                    a.chunk,
-                    max(2, a.concurrency // a.chunk),
-                    lambda: drive(handle, images, a.chunk, max(2, a.concurrency // a.chunk)),
-                ),
             }
+            for ch in (int(x) for x in a.chunks.split(",") if x):
+                conc = max(2, a.concurrency // ch)
+                modes[f"chunked-{ch}"] = (
+                    ch,
+                    conc,
+                    lambda ch=ch, conc=conc: drive(handle, images, ch, conc),
+                )
             results: dict[str, tuple[int, int, float, list[float]]] = {}
             rounds: dict[str, list[float]] = {m: [] for m in modes}
             for _ in range(a.repeats):
-                for mode, (chunk, conc, fn) in modes.items():
+                for mode, (_chunk, _conc, fn) in modes.items():
                     tput, lat = fn()
                     rounds[mode].append(tput)
                     if mode not in results or tput > results[mode][2]:
-                        results[mode] = (chunk, conc, tput, lat)
+                        results[mode] = (modes[mode][0], modes[mode][1], tput, lat)
             sizes = handle.info.remote().result()["batch_sizes"]
         finally:
             from ray import serve
@@ -218,7 +242,7 @@ def main() -> None:
         f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     )
     print(
-        f"model: CNN 3x{a.size}x{a.size} -> 4 classes; frames {fh}x{fw} uint8 BGR; "
+        f"model: {a.model} CNN 3x{a.size}x{a.size} -> 4 classes; frames {fh}x{fw} uint8 BGR; "
         f"images/run {a.images}; ORT threads {a.threads}; best of {a.repeats}"
     )
     bare = results.pop("bare")

@@ -232,16 +232,19 @@ def deploy_version(
     config: ServingConfig | None = None,
     *,
     artifact_url: str | None = None,
+    route_prefix: str | None = None,
 ) -> Any:
     """Deploy ``algorithm@version`` on the connected Ray (``ray.init`` first, or
-    Serve starts a local Ray) and return its ``DeploymentHandle``. Redeploying
-    the same version with another config updates it in place."""
+    Serve starts a local Ray) and return its ``DeploymentHandle``. With
+    ``route_prefix`` it is also reachable over HTTP through the Serve proxy
+    (POST an encoded image). Redeploying the same version with another config
+    updates it in place."""
     from ray import serve
 
     source = source_for(store, algorithm, version, artifact_url=artifact_url)
     name = deployment_name(algorithm, version)
     # serve.run returns once every replica has loaded the package (or raises)
-    return serve.run(build_application(source, config), name=name, route_prefix=None)
+    return serve.run(build_application(source, config), name=name, route_prefix=route_prefix)
 
 
 def deploy_channel(
@@ -251,10 +254,13 @@ def deploy_channel(
     config: ServingConfig | None = None,
     *,
     artifact_url: str | None = None,
+    route_prefix: str | None = None,
 ) -> Any:
     """Deploy the version ``channel`` points at (e.g. ``stable``)."""
     version = resolve_channel(store, algorithm, channel)
-    return deploy_version(store, algorithm, version, config, artifact_url=artifact_url)
+    return deploy_version(
+        store, algorithm, version, config, artifact_url=artifact_url, route_prefix=route_prefix
+    )
 
 
 def undeploy(algorithm: str, version: str) -> None:

@@ -22,9 +22,11 @@ from cloud.serving import (
     prelabel,
     undeploy,
 )
+from tests.conftest import free_port
 from tests.unit.test_serving_predictor import frames, make_store
 
 pytestmark = pytest.mark.integration
+HTTP_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def ray_serve() -> Iterator[None]:
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
+        serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
         yield
     finally:
         serve.shutdown()
@@ -88,11 +91,24 @@ def test_a_version_serves_batched_predictions_equal_to_the_predictor(
 
 
 def test_a_channel_deploys_the_version_it_points_at(ray_serve: None, store: Any) -> None:
-    handle = deploy_channel(store, "cls", "stable", CFG)
+    import cv2
+    import httpx
+
+    handle = deploy_channel(store, "cls", "stable", CFG, route_prefix="/cls")
     assert handle.info.remote().result()["version"] == "2.0.0"
     img = frames(1, seed=11)
     want = Predictor.from_store(store, "cls", "2.0.0").predict(img)[0]
     assert predict(handle, img)[0].label == want.label
+    # over HTTP through the Serve proxy (what a RayService exposes): PNG in, JSON out
+    ok, png = cv2.imencode(".png", img[0])
+    assert ok
+    url = f"http://127.0.0.1:{HTTP_PORT}/cls"
+    r = httpx.post(url, content=png.tobytes(), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == want.label
+    assert r.json()["probs"] == pytest.approx(want.probs, abs=1e-6)
+    bad = httpx.post(url, content=b"not an image", timeout=60)
+    assert bad.status_code == 400 and "not a decodable image" in bad.json()["error"]["message"]
     with pytest.raises(VersionNotFound, match="beta"):
         deploy_channel(store, "cls", "beta", CFG)
     undeploy("cls", "2.0.0")
