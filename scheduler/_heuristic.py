@@ -137,9 +137,21 @@ class Greedy:
         scored.sort(key=lambda x: (-x[0], x[1]))
         return [t for _, t in scored], [sc for sc, _ in scored]
 
-    def run(self, order: list[int], scores: list[float], heap: list | None = None) -> int:
-        """Greedy over ``order`` (sorted, with upper-bound ``scores``) + a heap of fresh entries."""
+    def run(
+        self,
+        order: list[int],
+        scores: list[float],
+        heap: list | None = None,
+        deadline: float | None = None,
+    ) -> int:
+        """Greedy over ``order`` (sorted, with upper-bound ``scores``) + a heap of fresh entries.
+
+        Past ``deadline`` it hurries: entries are taken in queue order without being
+        re-queued when their score fell, so the remaining work is one pass.
+        """
         s = self.s
+        hurry = False
+        tick = 0
         heap = heap if heap is not None else []
         cam_dev = s.cam_dev
         cam_algs = s.cam_algs
@@ -170,7 +182,11 @@ class Greedy:
             cur = score(t)
             if cur <= 0:
                 continue
-            if cur < sc * (1 - _REL) - 1e-12:
+            if deadline is not None and not hurry:
+                tick += 1
+                if tick % 1024 == 0 and time.perf_counter() > deadline:
+                    hurry = True
+            if not hurry and cur < sc * (1 - _REL) - 1e-12:
                 heapq.heappush(heap, (-cur, t))
                 continue
             if not s.fits(t):
@@ -263,6 +279,7 @@ def greedy_solve(
     ws: float = 1.0,
     index: _Index | None = None,
     wu: float = 4.0,
+    deadline: float | None = None,
 ) -> State:
     index = index or _Index(prob)
     state = State(prob, keep, churn_weight)
@@ -271,7 +288,7 @@ def greedy_solve(
     if keep:
         _seed(state, keep)
     order, scores = _full_initial(prob, index, state, wm, ws)
-    g.run(order, scores)
+    g.run(order, scores, deadline=deadline)
     return state
 
 
@@ -367,7 +384,7 @@ def heuristic_solve(
     for wm, ws, wu in weights:
         if best is not None and deadline is not None and time.perf_counter() > deadline:
             break
-        st = greedy_solve(prob, keep, churn_weight, wm, ws, index, wu)
+        st = greedy_solve(prob, keep, churn_weight, wm, ws, index, wu, deadline)
         if best is None or st.key() > best.key():
             best = st
     assert best is not None

@@ -10,6 +10,8 @@ is ``{"error": {"type", "message", "field"}}`` with the status below.
     Forbidden        403
     Unavailable      503
     CitybrainError   400      (any other subclass)
+    algorithm_store.StoreError  by its ``kind``: invalid 422, not_found 404,
+                     conflict 409, forbidden 403, unavailable 503
     anything else    500      (logged; message does not leak internals)
 """
 
@@ -109,6 +111,24 @@ def _loc(loc: tuple | list) -> str:
     return ".".join(str(p) for p in loc)
 
 
+#: algorithm_store.StoreError.kind -> (status, public type)
+STORE_KINDS = {
+    "invalid": (422, "InvalidInput"),
+    "not_found": (404, "NotFound"),
+    "conflict": (409, "Conflict"),
+    "forbidden": (403, "Forbidden"),
+    "unavailable": (503, "Unavailable"),
+}
+
+
+async def _on_store_error(_: Request, exc: Exception) -> JSONResponse:
+    kind = getattr(exc, "kind", "invalid")
+    status, type_ = STORE_KINDS.get(kind, STORE_KINDS["invalid"])
+    return error_response(
+        status, type_, getattr(exc, "message", str(exc)), getattr(exc, "field", None)
+    )
+
+
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -138,6 +158,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CitybrainError, _on_citybrain)
+    from algorithm_store import StoreError
+
+    app.add_exception_handler(StoreError, _on_store_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)
@@ -158,6 +181,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 __all__ = [
     "ERROR_RESPONSES",
     "STATUS",
+    "STORE_KINDS",
     "ErrorBody",
     "ErrorDetail",
     "error_response",

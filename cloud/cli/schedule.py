@@ -47,7 +47,7 @@ def solve(
         ..., "--instance", help="citybrain.schedule-instance/1 JSON file"
     ),
     out: Path = typer.Option(..., "--out", help="where to write the citybrain.schedule-plan/1"),
-    time_limit: float = typer.Option(5.0, "--time-limit", help="search time limit in seconds"),
+    time_limit: float = typer.Option(4.0, "--time-limit", help="search time limit in seconds"),
     solver: str = typer.Option("auto", "--solver", help="auto | milp | heuristic | baseline"),
     previous: Path | None = typer.Option(
         None, "--previous", help="previous plan: re-plan keeping what can stay"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -108,6 +109,8 @@ class BatchCore:
         self.config = config
         #: images per model call -> how many calls had it (what @serve.batch formed)
         self.batch_sizes: Counter[int] = Counter()
+        #: seconds spent in model calls (preprocess + ORT + postprocess)
+        self.busy_s = 0.0
 
     def check(self, request: Any) -> list[np.ndarray]:
         """The validated images of one request."""
@@ -137,7 +140,9 @@ class BatchCore:
 
     def run_batch(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[Prediction]]:
         flat = [img for r in requests for img in r]
+        t0 = time.perf_counter()
         preds = self.predictor.predict(flat, color_order=self.config.color_order)  # type: ignore[arg-type]
+        self.busy_s += time.perf_counter() - t0
         self.batch_sizes[len(flat)] += 1
         out: list[list[Prediction]] = []
         pos = 0
@@ -155,6 +160,7 @@ class BatchCore:
             "task": m.task,
             "max_batch_size": self.config.max_batch_size,
             "batch_sizes": dict(self.batch_sizes),
+            "busy_s": self.busy_s,
         }
 
 

@@ -155,6 +155,19 @@ class Predictor:
                 f"inputs {names}",
                 field="input.name",
             )
+        graph_shape = next(
+            i.shape for i in self.session.get_inputs() if i.name == manifest.input.name
+        )
+        pp = manifest.input.preprocess
+        hw = graph_shape[2:4] if pp.layout == "NCHW" else graph_shape[1:3]
+        if len(graph_shape) != 4 or any(
+            isinstance(g, int) and g != want for g, want in zip(hw, pp.resize, strict=False)
+        ):
+            raise PackageUnusable(
+                f"{manifest.id} {manifest.version}: preprocess resize {list(pp.resize)} "
+                f"({pp.layout}) does not fit the model input {graph_shape}",
+                field="input.preprocess.resize",
+            )
         first = manifest.input.shape[0] if manifest.input.shape else "N"
         #: largest batch the graph accepts (a fixed leading dim, e.g. 1, caps it)
         self.max_graph_batch: int | None = first if isinstance(first, int) and first > 0 else None
@@ -226,14 +239,19 @@ class Predictor:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Raw model output [N, C] for an already preprocessed batch."""
-        cap = self.max_graph_batch
-        if cap is None or len(x) <= cap:
-            return np.asarray(self.session.run(None, {self.manifest.input.name: x})[0])
-        parts = [
-            self.session.run(None, {self.manifest.input.name: x[i : i + cap]})[0]
-            for i in range(0, len(x), cap)
-        ]
-        return np.concatenate(parts, axis=0)
+        cap = self.max_graph_batch or len(x)
+        try:
+            parts = [
+                self.session.run(None, {self.manifest.input.name: x[i : i + cap]})[0]
+                for i in range(0, len(x), cap)
+            ]
+        except Exception as e:  # ORT's own error types
+            raise PackageUnusable(
+                f"{self.algorithm} {self.version}: ONNX Runtime failed on input "
+                f"{list(x.shape)}: {e}",
+                field="model",
+            ) from None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def probabilities(
         self, images: Sequence[np.ndarray], *, color_order: ColorOrder = "BGR"

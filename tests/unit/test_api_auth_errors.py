@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud.api.errors import STATUS, status_for
+from cloud.api.errors import STATUS, STORE_KINDS, status_for
 from cloud.api.main import create_app
 from cloud.catalog.db import transaction
-from cloud.catalog.models import Model, ModelStatus
+from cloud.catalog.models import Model
 from cloud.core.config import Settings
 from cloud.errors import Conflict, InvalidInput, UnsafeArchive
 from tests._api_helpers import ADMIN_TOKEN, NO_REDIS, auth, png_bytes
@@ -79,13 +79,30 @@ def test_roles(client):
         model_id = m.id
     r = client.post(f"/api/v1/models/{model_id}/publish", headers=auth(annotator))
     assert_error(r, 403, "Forbidden")
+    # operators publish only through the evaluation gate
     r = client.post(f"/api/v1/models/{model_id}/publish", headers=auth(operator))
-    assert r.status_code == 200 and r.json()["status"] == ModelStatus.PUBLISHED.value
-    assert_error(
-        client.post(f"/api/v1/models/{model_id}/publish", headers=auth(operator)), 409, "Conflict"
+    err = assert_error(r, 409, "Conflict", "gate")
+    assert "gate refuses" in err["message"]
+    r = client.post(
+        f"/api/v1/models/{model_id}/publish", json={"enforce_gate": False}, headers=auth(operator)
     )
+    assert_error(r, 403, "Forbidden", "enforce_gate")
+    # an admin may skip the gate, but the model must have been exported
+    r = client.post(
+        f"/api/v1/models/{model_id}/publish",
+        json={"enforce_gate": False},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert "ONNX" in assert_error(r, 422, "InvalidInput")["message"]
+    with transaction(client.app_state.catalog.sessions) as s:
+        m = s.get(Model, model_id)
+        m.metrics = {"gate": {"publish": True, "reason": "better"}}
+        m.artifacts = {"onnx": "0" * 64}
+    # passes the gate; the store has no signing key yet -> 503 naming the fix
+    r = client.post(f"/api/v1/models/{model_id}/publish", headers=auth(operator))
+    assert "store keygen" in assert_error(r, 503, "Unavailable", "key")["message"]
     listed = client.get("/api/v1/models", headers=auth(viewer)).json()
-    assert listed["total"] == 1 and listed["items"][0]["status"] == "published"
+    assert listed["total"] == 1 and listed["items"][0]["status"] == "candidate"
 
 
 def test_revoked_token_stops_working(client):
@@ -140,3 +157,5 @@ def test_error_mapping_table():
     assert status_for(InvalidInput("x")) == 422
     assert status_for(Conflict("x")) == 409
     assert [c for c, _ in STATUS][-1].__name__ == "CitybrainError"
+    assert STORE_KINDS["conflict"] == (409, "Conflict")
+    assert STORE_KINDS["unavailable"] == (503, "Unavailable")

@@ -63,6 +63,20 @@ def test_train_eval_is_pluggable_and_sees_only_revealed_labels(digits):
     assert 0 < res["curves"]["kcenter"]["15"] <= 1
 
 
+def test_the_train_buttons_head_plugs_in(digits):
+    from cloud.flywheel.mining import TRAINERS, flywheel_head_train_eval
+
+    x, y = digits
+    assert TRAINERS["flywheel-head"] is flywheel_head_train_eval
+    res = simulate(x, y, [10, 30], ["typiclust"], seeds=1, train_eval=flywheel_head_train_eval)
+    assert res["full_supervision"] > 0.9
+    assert 0.3 < res["curves"]["typiclust"]["10"] <= res["full_supervision"]
+    # one class seen: the model can only say that class
+    one = flywheel_head_train_eval(x[:3], np.array([4, 4, 4]), x[:50], y[:50], x[:20], 10, 0)
+    assert one.accuracy == pytest.approx(float((y[:50] == 4).mean()))
+    assert (one.pool_probs[:, 4] == 1).all()
+
+
 def test_simulate_rejects_bad_input(digits):
     x, y = digits
     with pytest.raises(BudgetExceedsPool, match="larger than the pool"):
@@ -141,6 +155,23 @@ def test_cli_simulate_writes_result_plot_and_table(monkeypatch, capsys, city, tm
     assert out.read_bytes() == before
 
 
+def test_cli_simulate_with_self_supervised_pretraining_on_the_pool(
+    monkeypatch, capsys, city, tmp_path
+):
+    images, csv = city
+    out = tmp_path / "ssl.json"
+    code, stdout, err = _cli(
+        monkeypatch, capsys,
+        "--images", str(images), "--labels", str(csv), "--budgets", "6,12",
+        "--strategy", "auto", "--seeds", "1", "--out", str(out),
+        "--extractor", "simclr", "--pretrain-epochs", "1", "--trainer", "flywheel-head",
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert list(res["curves"]["auto"]) == ["6", "12"]
+    assert out.with_suffix(".png").exists()
+
+
 def _write_csv(path: Path, rows: list[str], header: str = "path,label") -> Path:
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return path
@@ -162,6 +193,8 @@ def _write_csv(path: Path, rows: list[str], header: str = "path,label") -> Path:
         ("seeds", "--seeds must be at least 1"),
         ("corrupt", "cannot read image"),
         ("one_of_class", "has a single sample"),
+        ("trainer", "unknown trainer 'svm'"),
+        ("extractor", "unknown extractor 'clip'"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_clear_line(
@@ -202,6 +235,10 @@ def test_cli_bad_input_exits_2_with_one_clear_line(
             name = r.split(",")[0]
             (img_dir / name).write_bytes((images / name).read_bytes())
         (img_dir / rows[0].split(",")[0]).write_bytes(b"not a png")
+    elif case == "trainer":
+        extra = ["--trainer", "svm"]
+    elif case == "extractor":
+        extra = ["--extractor", "clip"]
     elif case == "one_of_class":
         labels = _write_csv(tmp_path / "l.csv", rows[:-1] + [rows[-1].split(",")[0] + ",tram"])
     out = tmp_path / "r.json"

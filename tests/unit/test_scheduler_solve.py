@@ -53,7 +53,8 @@ def make(algs, cams, devs, pols) -> sch.Instance:
 
 
 def solved(inst: sch.Instance, solver: str, **kw) -> sch.Plan:
-    plan = sch.solve(inst, solver=solver, time_limit=10, **kw)
+    kw.setdefault("time_limit", 10)
+    plan = sch.solve(inst, solver=solver, **kw)
     assert sch.check_plan(inst, plan) == []
     return plan
 
@@ -287,3 +288,10 @@ def test_previous_plan_naming_vanished_things_is_tolerated() -> None:
         assert moved >= 2  # the vanished camera's and the retired algorithm's
     with pytest.raises(ValueError):
         sch.solve(inst, previous=prev, previous_plan=prev.model_copy())
+
+
+def test_heuristic_past_its_deadline_still_returns_a_checked_plan() -> None:
+    inst = sch.generate_instance(60, 20, 10, seed=11)
+    hurried = solved(inst, "heuristic", time_limit=1e-6)
+    assert hurried.objective > 0
+    assert hurried.objective <= solved(inst, "milp").solver.bound

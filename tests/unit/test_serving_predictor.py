@@ -216,6 +216,31 @@ def test_unsupported_and_static_batch_packages(tmp_path: Path) -> None:
         Predictor.from_store(store2, "cls", "1.0.0")
 
 
+def test_a_manifest_that_does_not_fit_its_model_is_refused(
+    tmp_path: Path, store_dir: tuple[Any, Any]
+) -> None:
+    from edge_agent.protocol import verify_package_dir
+
+    store, _ = store_dir
+    info = store.version("cls", "1.0.0")
+    archive, _ = store.published_artifact(info.sha256)
+    Predictor.from_archive(archive, store.public_key, tmp_path / "pkg")
+    manifest = verify_package_dir(tmp_path / "pkg", store.public_key)
+    pre = manifest.input.preprocess.model_copy(update={"resize": (16, 16)})
+    bad = manifest.model_copy(
+        update={"input": manifest.input.model_copy(update={"preprocess": pre})}
+    )
+    # the tiny model pools globally, so its graph input has fixed 8x8 spatial dims
+    with pytest.raises(PackageUnusable, match=r"resize \[16, 16\].*does not fit") as e:
+        Predictor(tmp_path / "pkg", bad)
+    assert e.value.field == "input.preprocess.resize"
+    renamed = manifest.model_copy(
+        update={"input": manifest.input.model_copy(update={"name": "pixels"})}
+    )
+    with pytest.raises(PackageUnusable, match="input 'pixels' not in model inputs"):
+        Predictor(tmp_path / "pkg", renamed)
+
+
 def test_unknown_versions_and_channels(store_dir: tuple[Any, Any]) -> None:
     store, _ = store_dir
     with pytest.raises(VersionNotFound, match="9.9.9") as e:

@@ -1,4 +1,5 @@
-"""Models in the catalog: listed for everyone; publishing needs an operator."""
+"""Models in the catalog: listed for everyone; publishing (through the
+evaluation gate, to the algorithm store) needs an operator."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from cloud.api.deps import OperatorUser, SessionDep, ViewerUser
+from cloud.api.deps import CatalogDep, OperatorUser, SessionDep, SettingsDep, ViewerUser
 from cloud.api.errors import ERROR_RESPONSES
-from cloud.catalog.models import Model, ModelStatus
-from cloud.errors import Conflict, NotFound
+from cloud.catalog.models import Model, ModelStatus, Role
+from cloud.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 
 router = APIRouter(prefix="/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -80,22 +81,95 @@ def get_model(_: ViewerUser, session: SessionDep, model_id: int = Path(ge=1, le=
     return ModelOut.model_validate(m)
 
 
-@router.post("/{model_id}/publish", response_model=ModelOut)
+class PublishIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: str | None = Field(
+        default="canary", max_length=64, description="store channel to point at it"
+    )
+    enforce_gate: bool = Field(
+        default=True,
+        description="refuse a candidate the evaluation gate did not pass (only an admin may "
+        "turn this off)",
+    )
+    scenes: list[str] = Field(default_factory=list, max_length=100)
+    detects: list[str] = Field(default_factory=list, max_length=100)
+    fps: float = Field(default=2.0, ge=0.1, le=1000)
+
+
+class PublishOut(BaseModel):
+    algorithm: str
+    version: str
+    package_sha256: str
+    size: int
+    channel: str | None
+    store: str
+
+
+class _NoKey:
+    """Stands in for the store when it has no signing key: ``publish_model``
+    checks the model and the gate first and asks for the key last."""
+
+    private_key = None
+
+
+def _open_store(settings):  # type: ignore[no-untyped-def]
+    import algorithm_store as st
+
+    key_path = settings.store_key_file or settings.store_dir / "key"
+    if not key_path.is_file():
+        return _NoKey()
+    private = st.load_private_key(key_path)
+    return st.AlgorithmStore(
+        settings.store_dir, public_key=st.public_key_raw(private), private_key=private
+    )
+
+
+@router.post("/{model_id}/publish", response_model=PublishOut)
 def publish_model(
-    _: OperatorUser, session: SessionDep, model_id: int = Path(ge=1, le=2**62)
-) -> ModelOut:
-    """Mark a candidate published; the algorithm's previously published version
-    is archived. (The evaluation gate of the flywheel decides *whether* to call
-    this; the API only enforces roles and the status table.)"""
+    user: OperatorUser,
+    session: SessionDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    body: PublishIn | None = None,
+    model_id: int = Path(ge=1, le=2**62),
+) -> PublishOut:
+    """Package, sign and publish a candidate to the algorithm store through the
+    flywheel's evaluation gate (``cloud.flywheel.publish_model``): a candidate
+    that is not better than the published version is refused (409)."""
+    from cloud.flywheel._publish import publish_model as flywheel_publish
+
+    body = body or PublishIn()
     m = session.get(Model, model_id)
     if m is None:
         raise NotFound(f"no model {model_id}", field="model_id")
+    if not body.enforce_gate and user.role != Role.ADMIN:
+        raise Forbidden("only an admin may publish past the evaluation gate", field="enforce_gate")
     if ModelStatus.PUBLISHED not in MODEL_TRANSITIONS[m.status]:
-        raise Conflict(f"model {model_id} is {m.status.value}; only a candidate can be published")
-    for old in session.scalars(
-        select(Model).where(Model.algorithm == m.algorithm, Model.status == ModelStatus.PUBLISHED)
-    ):
-        old.status = ModelStatus.ARCHIVED
-    m.status = ModelStatus.PUBLISHED
-    session.commit()
-    return ModelOut.model_validate(m)
+        raise Conflict(
+            f"model {model_id} is {m.status.value}; only a candidate can be published",
+            field="model_id",
+        )
+    algorithm, version = m.algorithm, m.version
+    session.close()
+    store = _open_store(settings)
+    try:
+        out = flywheel_publish(
+            catalog,
+            store,
+            algorithm,
+            version,
+            channel=body.channel,
+            enforce_gate=body.enforce_gate,
+            scenes=body.scenes,
+            detects=body.detects,
+            fps=body.fps,
+        )
+    except InvalidInput as e:
+        if isinstance(store, _NoKey) and e.field == "key":
+            key = settings.store_key_file or settings.store_dir / "key"
+            raise Unavailable(
+                f"{key}: the store has no signing key; create one with `citybrain store keygen`",
+                field="key",
+            ) from None
+        raise
+    return PublishOut(**{k: out[k] for k in PublishOut.model_fields})
