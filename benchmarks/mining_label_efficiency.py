@@ -12,7 +12,9 @@ Sets:
   (``hog-color-pca``), exactly what ``citybrain flywheel simulate`` does.
 
 Model: the harness's default ``train_eval`` (logistic regression on
-pool-standardised frozen features, retrained each round). Split: stratified 20%
+pool-standardised frozen features, retrained each round); ``--trainer
+flywheel-head`` uses the Train button's head instead, ``--city-extractor simclr``
+pretrains SimCLR on the city pool first (slow on 2 cores). Split: stratified 20%
 test, seed 0. For each strategy: mean accuracy per budget (5 seeds), area under
 the learning curve (AULC, trapezoid over the budget axis, normalised), labels
 needed to reach 90% of full supervision (interpolated), and — for the city
@@ -29,7 +31,9 @@ from collections import defaultdict
 import numpy as np
 
 from cloud.flywheel.mining import (
+    EXTRACTORS,
     STRATEGIES,
+    TRAINERS,
     curve_summary,
     extract_features,
     format_table,
@@ -38,7 +42,9 @@ from cloud.flywheel.mining import (
 from cloud.flywheel.mining._synthetic import RARE_CLASS, make_city_set
 
 
-def load_set(name: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+def load_set(
+    name: str, extractor: str = "hog-color-pca", epochs: int = 10
+) -> tuple[np.ndarray, np.ndarray, str | None]:
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -49,7 +55,8 @@ def load_set(name: str) -> tuple[np.ndarray, np.ndarray, str | None]:
             csv = make_city_set(tmp, n_per_class=300, n_rare=15, seed=0)
             rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
             paths = [f"{tmp}/images/{r[0]}" for r in rows]
-            x = extract_features("hog-color-pca", paths)
+            opts = {"epochs": epochs} if extractor == "simclr" else {}
+            x = extract_features(extractor, paths, **opts)
         return x, np.asarray([r[1] for r in rows]), RARE_CLASS
     raise SystemExit(f"unknown set {name}")
 
@@ -65,19 +72,24 @@ def main() -> None:
             ["auto", "random"] + [s for s in STRATEGIES if s not in ("auto", "random")]
         ),
     )
+    ap.add_argument("--city-extractor", default="hog-color-pca", choices=sorted(EXTRACTORS))
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--trainer", default="logistic", choices=sorted(TRAINERS))
     a = ap.parse_args()
     budgets = [int(b) for b in a.budgets.split(",")]
     names = a.strategies.split(",")
     for set_name in a.sets.split(","):
         t = time.perf_counter()
-        x, y, rare = load_set(set_name)
+        x, y, rare = load_set(set_name, a.city_extractor, a.pretrain_epochs)
         found: dict[tuple[str, int], int] = defaultdict(int)
 
         def on_round(strategy, seed, budget, revealed, acc, rare=rare, found=found):
             if rare is not None and (revealed == rare).any():
                 found[(strategy, budget)] += 1
 
-        res = simulate(x, y, budgets, names, seeds=a.seeds, on_round=on_round)
+        res = simulate(
+            x, y, budgets, names, seeds=a.seeds, on_round=on_round, train_eval=TRAINERS[a.trainer]
+        )
         summ = curve_summary(res)
         print(
             f"\n=== {set_name}: {x.shape[0]} samples, {x.shape[1]}-d features, "
