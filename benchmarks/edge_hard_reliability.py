@@ -154,6 +154,12 @@ def main() -> None:
     except AssertionError as e:
         print(f"did not converge: {e}; {fleet.summary()['applied_revisions']}")
         print({d: a.last_error for d, a in fleet.agents.items() if a.last_error})
+        stuck = {
+            d: (a.outbox.count(), a.outbox.inflight(), len(a.session.client._out_messages))
+            for d, a in fleet.agents.items()
+            if a.outbox.count()
+        }
+        print(f"agents with rows left (rows, in flight, paho queue): {stuck}")
         t_prod = t_all = time.monotonic() - t0
     produced = added()
     dropped = sum(a.stats.get("outbox_dropped") for a in fleet.agents.values())

@@ -52,7 +52,6 @@ from knowledge_graph._ontology import (
     parse_ontology,
     seed_ontology,
 )
-from knowledge_graph._persist import load, save, stored_revision
 from knowledge_graph._policy import (
     Exclusion,
     HourWindow,
@@ -63,6 +62,15 @@ from knowledge_graph._policy import (
     parse_hours,
     zone_matches,
 )
+
+
+def __getattr__(name: str):  # lazy: sqlalchemy only when persistence is used
+    if name in ("load", "save", "stored_revision"):
+        from knowledge_graph import _persist
+
+        return getattr(_persist, name)
+    raise AttributeError(f"module 'knowledge_graph' has no attribute {name!r}")
+
 
 __all__ = [
     "EDGE_RULES",

@@ -10,6 +10,7 @@ from enum import Enum
 
 from pydantic import BaseModel
 
+from ._extensions import PIN_EVENT_PREFIX, Extensions, parse_extensions
 from ._models import Instance, Plan
 from ._problem import expand_demands
 
@@ -36,6 +37,9 @@ class ViolationCode(str, Enum):
     DEMAND_MISSING = "demand_missing"
     DEMAND_REPEATED = "demand_repeated"
     OBJECTIVE_MISMATCH = "objective_mismatch"
+    EXCLUDED = "excluded"
+    PIN_MISSING = "pin_missing"
+    PIN_PLACED_BUT_UNSERVED = "pin_placed_but_unserved"
 
 
 class Violation(BaseModel):
@@ -46,9 +50,17 @@ class Violation(BaseModel):
         return f"{self.code.value}: {self.message}"
 
 
-def check_plan(inst: Instance, plan: Plan) -> list[Violation]:
-    """Every violated constraint of ``plan`` for ``inst`` (empty when the plan is valid)."""
+def check_plan(
+    inst: Instance, plan: Plan, extensions: Extensions | dict | None = None
+) -> list[Violation]:
+    """Every violated constraint of ``plan`` for ``inst`` (empty when the plan is valid).
+
+    With ``extensions`` (pins and exclusions, :mod:`scheduler._extensions`): no
+    assignment may be excluded; every pin is placed or listed ``unserved`` as
+    ``pin:<algorithm>``; a pinned assignment needs no scene match nor demand."""
     out: list[Violation] = []
+    ext = parse_extensions(extensions)
+    pins = {(p.camera, p.algorithm) for p in ext.pins}
 
     def v(code: ViolationCode, msg: str) -> None:
         out.append(Violation(code=code, message=msg))
@@ -97,12 +109,20 @@ def check_plan(inst: Instance, plan: Plan) -> list[Violation]:
         prof = alg.cost.get(dev.target)
         if prof is None:
             v(ViolationCode.NO_COST_PROFILE, f"{where}: no cost profile for target {dev.target!r}")
+        excl = ext.excluded(asg.camera, asg.algorithm, asg.device) if ext.exclusions else None
+        if excl is not None:
+            v(ViolationCode.EXCLUDED, f"{where}: excluded by {excl}")
+        pinned = (asg.camera, asg.algorithm) in pins
         if not set(alg.scenes) & set(cam.scenes):
-            v(ViolationCode.SCENE_MISMATCH, f"{where}: no scene of the algorithm is the camera's")
+            if not pinned:
+                v(
+                    ViolationCode.SCENE_MISMATCH,
+                    f"{where}: no scene of the algorithm is the camera's",
+                )
             serves: set[str] = set()
         else:
             serves = set(alg.detects) & demanded_events.get(asg.camera, set())
-            if not serves:
+            if not serves and not pinned:
                 v(ViolationCode.SERVES_NOTHING, f"{where}: detects no event demanded of the camera")
         decoders.setdefault(asg.camera, set()).add(asg.device)
         streams.setdefault(asg.device, set()).add(asg.camera)
@@ -140,9 +160,19 @@ def check_plan(inst: Instance, plan: Plan) -> list[Violation]:
         listed[key] = "served"
         if key not in covered:
             v(ViolationCode.SERVED_NOT_COVERED, f"{where}: no assignment serves it")
+    placed_pairs = {(a.camera, a.algorithm) for a in plan.assignments}
+    listed_pins: set[tuple[str, str]] = set()
     for i, un in enumerate(plan.unserved):
         key = (un.camera, un.event)
         where = f"unserved[{i}] ({un.camera}, {un.event})"
+        pin_key = (un.camera, un.event[len(PIN_EVENT_PREFIX) :])
+        if un.event.startswith(PIN_EVENT_PREFIX) and pin_key in pins:
+            if pin_key in listed_pins:
+                v(ViolationCode.DEMAND_REPEATED, f"{where}: pin listed twice")
+            listed_pins.add(pin_key)
+            if pin_key in placed_pairs:
+                v(ViolationCode.PIN_PLACED_BUT_UNSERVED, f"{where}: the pin is placed")
+            continue
         if key not in demands:
             v(ViolationCode.UNKNOWN_DEMAND, f"{where}: no policy asks for it")
             continue
@@ -152,6 +182,11 @@ def check_plan(inst: Instance, plan: Plan) -> list[Violation]:
         listed[key] = "unserved"
         if key in covered:
             v(ViolationCode.UNSERVED_BUT_COVERED, f"{where}: an assignment serves it")
+    for cam_id, alg_id in sorted(pins - placed_pairs - listed_pins):
+        v(
+            ViolationCode.PIN_MISSING,
+            f"pin of {alg_id} on {cam_id} is neither placed nor listed unserved",
+        )
     missing = [k for k in demands if k not in listed]
     if missing:
         c, e = missing[0]

@@ -336,7 +336,8 @@ def local_search(
                 cams = list(dict.fromkeys(cams + index.dev_cams[d2]))
         before = state.key()
         kept_before = state.kept
-        removed = [t for c in cams for t in state.cam_algs[c].values()]
+        fixed = p.fixed
+        removed = [t for c in cams for t in state.cam_algs[c].values() if t not in fixed]
         for t in removed:
             state.remove(t)
         cand = [t for c in cams for pr in index.cam_pairs[c] for t in p.pair_triples[pr]]

@@ -151,10 +151,13 @@ def solve_milp(
     )
     upper = np.concatenate(ub)
     cons = LinearConstraint(A, -np.inf, upper)
+    lower = np.zeros(n)
+    if prob.fixed:  # pins are placed, whatever else
+        lower[ox + np.fromiter(prob.fixed, dtype=np.int64)] = 1.0
     res = milp(
         c,
         integrality=np.ones(n),
-        bounds=Bounds(np.zeros(n), np.ones(n)),
+        bounds=Bounds(lower, np.ones(n)),
         constraints=cons,
         options={"time_limit": max(0.1, float(time_limit)), "mip_rel_gap": mip_rel_gap},
     )

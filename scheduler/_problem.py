@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._extensions import Extensions
 from ._models import Instance, Plan
 from ._zones import match_policies
 
@@ -84,6 +85,12 @@ class Problem:
     t_mem: list[float]
     pair_triples: list[list[int]] = field(default_factory=list)
     reach: list[list[int]] = field(default_factory=list)
+    #: pins and exclusions (see :mod:`scheduler._extensions`)
+    ext: Extensions = field(default_factory=Extensions)
+    #: triples forced by pins (set by :func:`scheduler._pins.place_pins`); every state holds them
+    fixed: frozenset[int] = frozenset()
+    #: pins that could not be placed: (camera, "pin:<algorithm>", reason)
+    pin_unserved: list[tuple[str, str, str]] = field(default_factory=list)
 
     _t_idx: dict[tuple[int, int, int], int] | None = None
 
@@ -123,7 +130,8 @@ class Problem:
         return out
 
 
-def compile_problem(inst: Instance) -> Problem:
+def compile_problem(inst: Instance, ext: Extensions | None = None) -> Problem:
+    ext = ext or Extensions()
     cams, algs, devs = inst.cameras, inst.algorithms, inst.devices
     cam_idx = {c.id: i for i, c in enumerate(cams)}
     alg_idx = {a.id: i for i, a in enumerate(algs)}
@@ -206,6 +214,21 @@ def compile_problem(inst: Instance) -> Problem:
             pair_alg.append(a)
             pair_dems.append([dk[(c, e)] for e in events])
     pair_idx = {(c, a): i for i, (c, a) in enumerate(zip(pair_cam, pair_alg, strict=True))}
+    # a pinned (camera, algorithm) is a candidate even without a scene match or demand
+    for pin in ext.pins:
+        c, a = cam_idx.get(pin.camera), alg_idx.get(pin.algorithm)
+        if c is None or a is None or (c, a) in pair_idx:
+            continue
+        scenes = frozenset(cams[c].scenes)
+        dems = (
+            [dem_key[(c, e)] for e in dict.fromkeys(algs[a].detects) if (c, e) in dem_key]
+            if alg_scenes[a] & scenes
+            else []
+        )
+        pair_idx[(c, a)] = len(pair_cam)
+        pair_cam.append(c)
+        pair_alg.append(a)
+        pair_dems.append(dems)
 
     # triples, vectorised: every pair on every device reaching its camera
     nP = len(pair_cam)
@@ -236,6 +259,22 @@ def compile_problem(inst: Instance) -> Problem:
     cap_mem_a = np.asarray(cap_mem, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         fits = has & (comp <= cap_ms_a[dev] + EPS) & (mem <= cap_mem_a[dev] + EPS)
+    fits_unexcluded = fits
+    if ext.exclusions and len(rep):
+        nA = max(1, len(algs))
+        cam_ex = [
+            cam_idx[x.camera] * nA + alg_idx[x.algorithm]
+            for x in ext.exclusions
+            if x.camera is not None and x.camera in cam_idx and x.algorithm in alg_idx
+        ]
+        dev_ex = [
+            dev_idx[x.device] * nA + alg_idx[x.algorithm]
+            for x in ext.exclusions
+            if x.camera is None and x.device in dev_idx and x.algorithm in alg_idx
+        ]
+        t_a = p_alg[rep]
+        banned = np.isin(p_cam[rep] * nA + t_a, cam_ex) | np.isin(dev * nA + t_a, dev_ex)
+        fits = fits & ~banned
     sel = np.flatnonzero(fits)
     t_pair_a = rep[sel]
     t_dev_a = dev[sel]
@@ -250,6 +289,10 @@ def compile_problem(inst: Instance) -> Problem:
     profiled: set[int] = set()
     for pi in np.flatnonzero(counts > 0).tolist():
         covered.update(pair_dems[pi])
+    excluded: set[int] = set()
+    if fits_unexcluded is not fits:
+        for pi in np.unique(rep[np.flatnonzero(fits_unexcluded)]).tolist():
+            excluded.update(k for k in pair_dems[pi] if k not in covered)
     for pi in np.flatnonzero(pair_has_profile).tolist():
         profiled.update(pair_dems[pi])
     for k, c in enumerate(dem_cam):
@@ -257,6 +300,11 @@ def compile_problem(inst: Instance) -> Problem:
             continue
         if not reach[c]:
             dem_reason[k] = f"no reachable device: no device reaches {cams[c].id}"
+        elif k in excluded:
+            dem_reason[k] = (
+                f"policy: every algorithm and device that could watch {cams[c].id} for "
+                f"{dem_event[k]} is excluded"
+            )
         elif k not in profiled:
             dem_reason[k] = "no cost profile for any reachable device target"
         else:
@@ -300,4 +348,5 @@ def compile_problem(inst: Instance) -> Problem:
         t_mem=t_mem,
         pair_triples=pair_triples,
         reach=reach,
+        ext=ext,
     )

@@ -7,8 +7,10 @@ from enum import Enum
 
 from ._check import check_plan
 from ._errors import PlanCheckFailed
+from ._extensions import Extensions, parse_extensions
 from ._heuristic import baseline_solve, heuristic_solve
 from ._models import Instance, Plan
+from ._pins import place_pins
 from ._problem import compile_problem
 from ._state import State, to_plan
 
@@ -36,6 +38,7 @@ def solve(
     churn_weight: float = 1.0,
     seed: int = 0,
     previous_plan: Plan | None = None,
+    extensions: Extensions | dict | None = None,
 ) -> Plan:
     """A checked plan for ``instance``.
 
@@ -44,7 +47,9 @@ def solve(
     ``churn_weight`` (in priority points): assignments that can stay, stay.
     ``solver.optimal`` means proven optimal for that (churn-penalised) objective;
     ``solver.bound`` is an upper bound on the sum of served priorities.
-    ``previous_plan`` is an alias of ``previous``.
+    ``previous_plan`` is an alias of ``previous``. ``extensions`` are the knowledge
+    graph's pins and exclusions (:mod:`scheduler._extensions`): pins are placed first,
+    exclusions are never placed, and the checker verifies both.
     Raises :class:`PlanCheckFailed` (never returns) if the plan would violate anything.
     """
     t0 = time.perf_counter()
@@ -57,8 +62,10 @@ def solve(
         raise ValueError("time_limit must be positive")
     if churn_weight < 0:
         raise ValueError("churn_weight must not be negative")
-    prob = compile_problem(instance)
+    ext = parse_extensions(extensions)
+    prob = compile_problem(instance, ext)
     keep = prob.previous_triples(previous)
+    place_pins(prob, keep)
     w = churn_weight if previous is not None else 0.0
     deadline = t0 + time_limit
     trivial_bound = prob.servable_value()
@@ -118,7 +125,7 @@ def solve(
     if not optimal and not keep and _bound_ok(state.value, bound):
         optimal = True  # the served priorities meet an upper bound
     plan = to_plan(state, name, time.perf_counter() - t0, optimal, bound)
-    violations = check_plan(instance, plan)
+    violations = check_plan(instance, plan, ext)
     if violations:
         raise PlanCheckFailed(
             f"solver {name} produced an invalid plan: {violations[0]}"

@@ -33,6 +33,8 @@ class State:
         self.churn_keep = churn_keep or set()
         self.churn_weight = churn_weight
         self.kept = 0
+        for t in sorted(prob.fixed):  # pins: in every placement, never removed
+            self.add(t)
 
     # ---- queries -------------------------------------------------------
     def fits(self, t: int) -> bool:
@@ -153,7 +155,8 @@ class State:
     ) -> State:
         s = cls(prob, churn_keep, churn_weight)
         for t in triples:
-            s.add(t)
+            if t not in prob.fixed:
+                s.add(t)
         return s
 
 
@@ -181,6 +184,8 @@ def to_plan(state: State, name: str, seconds: float, optimal: bool, bound: float
             unserved.append(
                 {"camera": cam_ids[c], "event": events[k], "reason": reasons[k] or REASON_CAPACITY}
             )
+    for cam, ev, why in p.pin_unserved:
+        unserved.append({"camera": cam, "event": ev, "reason": why})
     if bound is not None:
         bound = max(bound, objective)
     return Plan.model_validate(

@@ -14,13 +14,17 @@ A policy's zone is a glob matched segment by segment with :func:`fnmatch.fnmatch
 - a glob that matches a zone also covers every zone inside it: ``longhua`` covers
   ``longhua/street-12``, and ``longhua/*`` covers ``longhua/street-12/north``.
 
-Matching is case-sensitive.
+Matching is case-sensitive. The matcher itself is the knowledge graph's
+(:func:`knowledge_graph.zone_matches`), so that what the graph explains is what the
+solver serves; this module adds path/glob validation and the indexed matching of
+many globs against many zones.
 """
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-from functools import lru_cache
+from knowledge_graph import zone_matches
+
+__all__ = ["match_policies", "zone_glob_error", "zone_matches", "zone_path_error"]
 
 
 def zone_path_error(zone: str) -> str | None:
@@ -48,26 +52,6 @@ def zone_glob_error(glob: str) -> str | None:
     if any(not seg for seg in glob.split("/")):
         return f"zone glob {glob!r} has an empty segment"
     return None
-
-
-def _match(p: tuple[str, ...], z: tuple[str, ...], i: int, j: int) -> bool:
-    if i == len(p):
-        return True  # matched ``z[:j]``: an ancestor of (or) the zone
-    seg = p[i]
-    if seg == "**":
-        return any(_match(p, z, i + 1, k) for k in range(j, len(z) + 1))
-    if j == len(z):
-        return False
-    return fnmatchcase(z[j], seg) and _match(p, z, i + 1, j + 1)
-
-
-@lru_cache(maxsize=65536)
-def zone_matches(glob: str, zone: str) -> bool:
-    """Whether the policy glob covers ``zone`` (see the module docstring)."""
-    p = tuple(glob.split("/"))
-    if all(seg == "**" for seg in p):
-        return True
-    return _match(p, tuple(zone.split("/")), 0, 0)
 
 
 def _literal_prefix(glob: str) -> tuple[str, ...]:

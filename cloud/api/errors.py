@@ -142,10 +142,19 @@ async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail
+    if isinstance(detail, dict) and "message" in detail:  # algorithm_store.make_router errors
+        return error_response(
+            exc.status_code,
+            _HTTP_TYPES.get(exc.status_code, "HTTPError"),
+            str(detail["message"]),
+            detail.get("field"),
+            dict(exc.headers) if exc.headers else None,
+        )
     return error_response(
         exc.status_code,
         _HTTP_TYPES.get(exc.status_code, "HTTPError"),
-        str(exc.detail),
+        str(detail),
         None,
         dict(exc.headers) if exc.headers else None,
     )

@@ -258,6 +258,9 @@ def tasks_page(request: Request, user: PageUser) -> HTMLResponse:
 def mount_console(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(router)
+    from cloud.console._flywheel_pages import router as flywheel_router
+
+    app.include_router(flywheel_router)
     prev_citybrain = app.exception_handlers.get(CitybrainError)
 
     async def on_login_redirect(request: Request, exc: Exception) -> Response:
