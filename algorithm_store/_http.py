@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,8 @@ from ._store import AlgorithmStore, VersionInfo
 _STATUS = {"invalid": 422, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 1 << 20
+#: rollout ids are SQLite integers: larger ones are invalid input, not a server error
+_ROLLOUT_ID = Path(ge=1, le=2**62)
 
 
 class _Body(BaseModel):
@@ -172,7 +174,7 @@ def make_router(
         return [r.model_dump(mode="json") for r in call(store.rollouts, algorithm)]
 
     @router.get("/rollouts/{rollout_id}")
-    def show_rollout(rollout_id: int) -> dict[str, Any]:
+    def show_rollout(rollout_id: int = _ROLLOUT_ID) -> dict[str, Any]:
         return call(store.rollout, rollout_id).model_dump(mode="json")
 
     @router.post("/rollouts", dependencies=guard, status_code=201)
@@ -190,15 +192,18 @@ def make_router(
         )
         return r.model_dump(mode="json")
 
-    for action in ("pause", "resume", "abort"):
-
-        def _action(rollout_id: int, body: ReasonBody, _a: str = action) -> dict[str, Any]:
-            fn = getattr(store, f"{_a}_rollout")
+    def _make_action(name: str) -> Callable[..., dict[str, Any]]:
+        # a closure, not a default argument: FastAPI would expose that as a query parameter
+        def _action(body: ReasonBody, rollout_id: int = _ROLLOUT_ID) -> dict[str, Any]:
+            fn = getattr(store, f"{name}_rollout")
             return call(fn, rollout_id, reason=body.reason).model_dump(mode="json")
 
+        return _action
+
+    for action in ("pause", "resume", "abort"):
         router.add_api_route(
             f"/rollouts/{{rollout_id}}/{action}",
-            _action,
+            _make_action(action),
             methods=["POST"],
             dependencies=guard,
             name=f"{action}_rollout",

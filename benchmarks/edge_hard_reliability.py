@@ -163,17 +163,22 @@ def main() -> None:
         t_prod = t_all = time.monotonic() - t0
     produced = added()
     dropped = sum(a.stats.get("outbox_dropped") for a in fleet.agents.values())
+    left = sum(a.outbox.count() for a in fleet.agents.values())
+    acked = sum(a.stats.get("hard_acked") for a in fleet.agents.values())
     got = consumer.received()
     unique = set(got)
-    lost = produced - dropped - len(unique)
+    missing = produced - dropped - left - len(unique)
     print(f"agents {args.agents}, broker restarts {args.restarts}")
     print(
-        f"produced {produced} hard samples in {t_prod:.1f}s; received {len(unique)} unique "
-        f"({len(got) - len(unique)} MQTT-level duplicates, deduped by id in the cloud)"
+        f"produced {produced} hard samples in {t_prod:.1f}s; PUBACKed by the broker {acked}; "
+        f"still in device outboxes {left}; dropped by the outbox cap {dropped}"
     )
     print(
-        f"lost: {lost}; dropped by outbox cap: {dropped}; all delivered after {t_all:.1f}s "
-        f"({len(unique) / t_all:.0f} samples/s end-to-end)"
+        f"received {len(unique)} unique ({len(got) - len(unique)} MQTT-level duplicates, "
+        f"deduped by id in the cloud); acked by the broker but never delivered: {missing}"
+    )
+    print(
+        f"time until all delivered: {t_all:.1f}s ({len(unique) / t_all:.0f} samples/s end-to-end)"
     )
     fleet.stop()
     srv.close()

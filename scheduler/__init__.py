@@ -64,6 +64,8 @@ from ._solve import SolverName, churn, solve
 from ._zones import zone_matches
 
 __all__ = [
+    "INSTANCE_SCHEMA",
+    "PLAN_SCHEMA",
     "Algorithm",
     "Assignment",
     "Batch",
@@ -75,11 +77,9 @@ __all__ = [
     "DesiredBuild",
     "Device",
     "Extensions",
-    "INSTANCE_SCHEMA",
     "Instance",
     "InvalidInstance",
     "InvalidPlan",
-    "PLAN_SCHEMA",
     "Plan",
     "PlanCheckFailed",
     "PlannerState",

@@ -59,6 +59,8 @@ def build_desired(
     An assignment whose camera has no source, or whose algorithm has no published
     version in the store, is left out and listed in ``skipped`` (never a crash; the
     rest of the city still gets its states)."""
+    from algorithm_store import NotFound
+
     previous = previous or {}
     revs = dict(previous_revisions or {})
     for d, st in previous.items():
@@ -75,16 +77,14 @@ def build_desired(
         if not src:
             skipped.append(f"{where}: camera {a.camera} has no source")
             continue
-        try:
-            version = store.version_for(a.algorithm, channel, a.device) or a.version
-        except Exception as e:  # the store's NotFound for an unknown algorithm
-            skipped.append(f"{where}: {e}")
-            continue
+        # a store that fails (locked, unreadable) raises: better no new states than
+        # empty ones; only "not published" leaves one assignment out
+        version = store.version_for(a.algorithm, channel, a.device) or a.version
         key = (a.algorithm, version)
         if key not in refs:
             try:
                 refs[key] = store.artifact_ref(a.algorithm, version)
-            except Exception:
+            except (NotFound, LookupError):
                 refs[key] = None
         ref = refs[key]
         if ref is None:
@@ -111,7 +111,11 @@ def build_desired(
         if old is not None and _content(old) == [x.model_dump(mode="json") for x in asgs]:
             states[d] = old
             continue
-        states[d] = DesiredState(device=d, revision=revs.get(d, 0) + 1, assignments=asgs)
+        try:
+            states[d] = DesiredState(device=d, revision=revs.get(d, 0) + 1, assignments=asgs)
+        except ValueError as e:  # a device id the wire contract cannot carry
+            skipped.append(f"device {d}: {e}")
+            continue
         changed.append(d)
     return DesiredBuild(states, changed, skipped)
 

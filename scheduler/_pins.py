@@ -19,13 +19,9 @@ def _why_no_triple(prob: Problem, c: int, a: int) -> str:
             f"{alg.id} has no cost profile for the target of any device reaching {cam} "
             f"({', '.join(sorted(targets))})"
         )
-    usable = [
-        d for d in costed if prob.ext.excluded(cam, alg.id, prob.dev_ids[d]) is None
-    ]
+    usable = [d for d in costed if prob.ext.excluded(cam, alg.id, prob.dev_ids[d]) is None]
     if not usable:
-        pols = sorted(
-            {prob.ext.excluded(cam, alg.id, prob.dev_ids[d]) or "policy" for d in costed}
-        )
+        pols = sorted({prob.ext.excluded(cam, alg.id, prob.dev_ids[d]) or "policy" for d in costed})
         return f"excluded by {', '.join(pols)} on every device that reaches {cam}"
     return f"{alg.id} does not fit any device reaching {cam} even when it is empty"
 
@@ -83,7 +79,7 @@ def place_pins(prob: Problem, keep: set[int]) -> None:
             unserved.append((pin.camera, ev, f"{INFEASIBLE_PIN}: {why}"))
             continue
 
-        def pref(t: int) -> tuple:
+        def pref(t: int, c: int = c, a: int = a) -> tuple:
             d = prob.t_dev[t]
             return (
                 t not in keep,

@@ -116,10 +116,7 @@ class Debouncer:
             want = self._target(dev, now)
             if want == dev.available:
                 continue
-            if (
-                dev.changed_at is not None
-                and now - dev.changed_at < self.device_min_interval_s
-            ):
+            if dev.changed_at is not None and now - dev.changed_at < self.device_min_interval_s:
                 continue  # rate limit: decided again when the interval is over
             dev.available = want
             dev.changed_at = now
@@ -154,10 +151,10 @@ class Debouncer:
             times.append(min(self._last + self.window_s, self._first + self.max_delay_s))
         for dev in self.devices.values():
             want_change = self._target(dev, now) != dev.available
-            if dev.available and not dev.online:
+            if dev.available and not dev.online and dev.since + self.offline_grace_s > now:
                 times.append(dev.since + self.offline_grace_s)
             if want_change and dev.changed_at is not None:
-                times.append(dev.changed_at + self.device_min_interval_s)
+                times.append(max(now, dev.changed_at + self.device_min_interval_s))
         return min(times) if times else None
 
 

@@ -184,7 +184,9 @@ class ReplanService:
 
     # -- MQTT --------------------------------------------------------------------
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
@@ -351,9 +353,7 @@ class ReplanService:
             self.history.append(rec)
             return rec
         rec.skipped = built.skipped
-        new_state = PlannerState(
-            plan=plan, desired=built.states, graph_revision=graph.revision
-        )
+        new_state = PlannerState(plan=plan, desired=built.states, graph_revision=graph.revision)
         save_state(self.state_path, new_state)  # first: revisions survive a crash
         self.state = new_state
         for d in built.changed:
@@ -369,9 +369,7 @@ class ReplanService:
         return rec
 
     def _publish(self, state: Any) -> None:
-        info = self._client.publish(
-            Topics.desired(state.device), encode(state), qos=1, retain=True
-        )
+        info = self._client.publish(Topics.desired(state.device), encode(state), qos=1, retain=True)
         info.wait_for_publish(10)
 
     def _republish_saved(self) -> None:

@@ -124,3 +124,20 @@ def test_hard_sampler_encodes_limits_and_budgets(tmp_path: Path) -> None:
         is None
     )
     assert stats.get("hard_over_budget") == 1
+
+
+def test_disk_errors_become_clear_cache_full_errors() -> None:
+    import errno
+
+    from edge_agent import FetchError
+    from edge_agent._fetch import disk_error
+
+    full = disk_error(
+        OSError(errno.ENOSPC, "No space left on device", "/data/x.partial"), "writing download"
+    )
+    assert isinstance(full, CacheFull) and "No space left on device" in str(full)
+    assert "/data/x.partial" in str(full) and "disk full or not writable" in str(full)
+    ro = disk_error(OSError(errno.EROFS, "Read-only file system", "/data"), "creating staging dir")
+    assert isinstance(ro, CacheFull)
+    other = disk_error(OSError(errno.EIO, "I/O error"), "x")
+    assert isinstance(other, FetchError) and not isinstance(other, CacheFull)

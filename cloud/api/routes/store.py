@@ -16,7 +16,8 @@ Access:
 The store is opened per request from the key files, so a key created with
 ``citybrain store keygen`` while the server runs is picked up at once. Until a
 key exists the read routes answer (an empty store), and write routes answer
-503 with the hint to run ``citybrain store keygen``.
+409 Conflict (the store is not in a state to change yet: no 5xx for a setup
+step the operator can do) with the hint to run ``citybrain store keygen``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def key_path(settings: Settings) -> Path:
 class SettingsStore:
     """Stands in for an :class:`algorithm_store.AlgorithmStore` opened from
     ``settings``: re-opened when the key files change, state-changing calls
-    refused (503) while the store has no key."""
+    refused (409) while the store has no key."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -100,7 +101,7 @@ class SettingsStore:
             import algorithm_store as st
 
             class NoStoreKey(st.StoreError):
-                kind = "unavailable"
+                kind = "conflict"
 
             raise NoStoreKey(
                 f"{key_path(self.settings)}: the store has no signing key yet; "
