@@ -27,7 +27,7 @@ from edge_agent._config import AgentConfig
 from edge_agent._errors import EdgeError, ModelLoadError, Superseded
 from edge_agent._events import EventTracker
 from edge_agent._fetch import ChunkFetcher, HttpFetcher, PackageFetcher, disk_error
-from edge_agent._hard import HardSampler
+from edge_agent._hard import HardDelivery, HardSampler
 from edge_agent._hardware import detect_hardware
 from edge_agent._outbox import Outbox
 from edge_agent._runtime import (
@@ -111,6 +111,7 @@ class Agent:
             self.data_dir / "outbox.sqlite", max_rows=cfg.hard.outbox_max_rows, stats=self.stats
         )
         self.hard = HardSampler(cfg.hard, self.device, self.outbox, self.stats)
+        self.delivery = HardDelivery(cfg.hard, self.device, self.outbox, self.session, self.stats)
 
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -132,6 +133,10 @@ class Agent:
         self._report_now = threading.Event()
 
         self.session.subscribe(Topics.desired(self.device), self._on_desired)
+        # a hard sample leaves the outbox when the cloud's receipt names it
+        self.session.subscribe(
+            Topics.hard_receipt(self.device), lambda m: self.delivery.on_receipt(m.payload)
+        )
         self.session.on_connected(self._on_connected)
 
     # -- lifecycle ---------------------------------------------------------
@@ -176,7 +181,7 @@ class Agent:
     # -- inbound -----------------------------------------------------------
     def _on_connected(self) -> None:
         # paho resends its own unacknowledged publishes; the outbox offers the rest
-        self.outbox.wake.set()
+        self.delivery.on_connected()
         self._report_now.set()
 
     def reject(self, what: str, err: Exception) -> None:
@@ -512,25 +517,16 @@ class Agent:
 
     # -- outbox ------------------------------------------------------------
     def _outbox_loop(self) -> None:
-        window = self.cfg.hard.publish_window
         while not self._stop.is_set():
             self.outbox.wake.wait(1.0)
             self.outbox.wake.clear()
-            if self._stop.is_set() or not self.session.connected.is_set():
-                continue
-            free = window - self.outbox.inflight()
-            if free <= 0:
-                continue
+            if self._stop.is_set():
+                return
             try:
-                rows = self.outbox.pending(free)
-            except Exception as e:  # noqa: BLE001
-                log.error("outbox read failed: %s", e)
-                continue
-            for row_id, topic, payload in rows:
-                self.session.publish(
-                    topic, payload, qos=1, on_ack=lambda code, r=row_id: self.outbox.acked(r, code)
-                )
-                self.stats.inc("hard_published")
+                self.delivery.pump()
+            except Exception as e:  # noqa: BLE001 - e.g. a full disk; retried next round
+                self.stats.inc("hard_errors")
+                log.error("outbox: %s", e)
 
     # -- reporting ---------------------------------------------------------
     def reported(self) -> ReportedState:

@@ -68,6 +68,18 @@ class HardSampleConfig(BaseModel):
     jpeg_quality: int = Field(default=85, ge=10, le=100)
     max_image_side: int = Field(default=640, ge=32)
     publish_window: int = Field(default=20, gt=0, description="unacked publishes in flight")
+    receipt_window: int = Field(
+        default=200, gt=0, description="samples published and not yet named by a receipt"
+    )
+    receipt_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="re-send a sample (same id) without a receipt after this; doubles per try",
+    )
+    retry_min_s: float = Field(
+        default=1.0, gt=0, description="backoff after a refused PUBACK (0x10 or >= 0x80)"
+    )
+    retry_max_s: float = Field(default=60.0, gt=0, description="longest such backoff")
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -1,20 +1,44 @@
-"""From model results to hard samples in the outbox (selectors, limits, budget, JPEG)."""
+"""Hard samples: from model results into the outbox (:class:`HardSampler`:
+selectors, rate limits, bandwidth budget, JPEG) and from the outbox to the
+cloud (:class:`HardDelivery`: publish, PUBACK, receipts, re-sends).
+
+Bandwidth budget: ``budget_bytes_per_hour`` is charged once per sample, when a
+selector takes it (the base64 image size). Re-sends of the same sample (after a
+refused PUBACK or a missing receipt) are not charged again: the budget bounds
+how much new data the selectors produce, while re-sends are bounded separately
+by ``receipt_window`` (samples published and not yet confirmed) and the receipt
+timeout, which doubles with each attempt. Re-sends are counted in
+``hard_resent`` / ``hard_requeued``.
+"""
 
 from __future__ import annotations
 
 import base64
 import logging
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from edge_agent._config import HardSampleConfig
-from edge_agent._outbox import Outbox
+from edge_agent._outbox import Outbox, RowState, puback_accepted
 from edge_agent._runtime import Result
 from edge_agent._selectors import Budget, Observation, RateLimiter, Selector, build_selector
 from edge_agent._stats import Stats
-from edge_agent.protocol import HardSample, Manifest, Topics, encode
+from edge_agent.protocol import (
+    HardSample,
+    HardSampleReceipt,
+    Manifest,
+    ProtocolError,
+    Topics,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("edge_agent.hard")
 
@@ -90,3 +114,114 @@ class HardSampler:
             self.stats.inc(f"hard_selected.{name}")
             return name
         return None
+
+
+class PublishSession(Protocol):
+    """What :class:`HardDelivery` needs of the MQTT session (``_session.Session``)."""
+
+    connected: threading.Event
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        on_ack: Callable[[int], None] | None = None,
+    ) -> int: ...
+
+
+class HardDelivery:
+    """Publishes outbox rows and moves them through their lifecycle
+    (``edge_agent._outbox``): PUBACK accepted -> ``sent``; PUBACK 0x10 or a
+    failure -> ``queued`` again after a backoff (per row, and new publishes
+    pause as well); a receipt deletes; no receipt within ``receipt_timeout_s``
+    -> re-sent with the same idempotency key (the ingest de-duplicates).
+
+    At most ``publish_window`` rows wait for a PUBACK and at most
+    ``receipt_window`` for a receipt. :meth:`pump` is called by the agent's
+    outbox thread; :meth:`on_receipt` by the session for the receipt topic.
+    """
+
+    def __init__(
+        self,
+        cfg: HardSampleConfig,
+        device: str,
+        outbox: Outbox,
+        session: PublishSession,
+        stats: Stats,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.outbox = outbox
+        self.session = session
+        self.stats = stats
+        self.clock = clock
+        self.topic = Topics.hard_receipt(device)
+        self._lock = threading.Lock()
+        self._hold_until = 0.0  # no new publishes before (after a refused PUBACK)
+        self._streak = 0  # refused rounds in a row
+
+    @property
+    def _backoff(self) -> tuple[float, float]:
+        return (self.cfg.retry_min_s, self.cfg.retry_max_s)
+
+    def pump(self) -> int:
+        """Re-queue timed-out rows, then publish what the windows allow; returns
+        how many rows were published."""
+        if not self.session.connected.is_set():
+            return 0
+        now = self.clock()
+        self.outbox.expire(now, self.cfg.receipt_timeout_s)
+        with self._lock:
+            if now < self._hold_until:
+                return 0
+        states = self.outbox.states()
+        sending, sent = states[RowState.SENDING], states[RowState.SENT]
+        free = min(self.cfg.publish_window - sending, self.cfg.receipt_window - sending - sent)
+        rows = self.outbox.due(free, now)
+        for row in rows:
+            self.session.publish(
+                row.topic, row.payload, qos=1, on_ack=partial(self._on_ack, row.id, row.attempt)
+            )
+            self.stats.inc("hard_published")
+            if row.attempt > 1:
+                self.stats.inc("hard_republished")
+        return len(rows)
+
+    def _on_ack(self, row_id: int, attempt: int, code: int) -> None:
+        now = self.clock()
+        delay = self.outbox.acked(row_id, attempt, code, now, self._backoff)
+        with self._lock:
+            if puback_accepted(code):
+                self._streak = 0
+            elif delay is not None and now >= self._hold_until:
+                # first refusal of a round: hold every new publish, longer each round
+                self._streak += 1
+                lo, hi = self._backoff
+                self._hold_until = now + min(hi, lo * 2 ** min(self._streak - 1, 30))
+        self.outbox.wake.set()
+
+    def on_connected(self) -> None:
+        """(Re)connected: timeouts start over and any hold is lifted."""
+        self.outbox.restart_timers(self.clock())
+        with self._lock:
+            self._hold_until = 0.0
+        self.outbox.wake.set()
+
+    def on_receipt(self, payload: bytes) -> None:
+        """A ``HardSampleReceipt``: delete the rows it names (stored or rejected)."""
+        try:
+            r = decode(payload, HardSampleReceipt)
+        except ProtocolError as e:
+            self.stats.inc("hard_receipt_invalid")
+            log.error("%s: bad hard-sample receipt: %s", self.device, e)
+            return
+        if r.device != self.device:
+            self.stats.inc("hard_receipt_invalid")
+            log.error("%s: receipt addressed to device %r ignored", self.device, r.device)
+            return
+        self.stats.inc("hard_receipts")
+        self.outbox.receipt(r.stored, r.rejected)

@@ -1,33 +1,94 @@
 """Store-and-forward outbox for hard samples (SQLite on disk).
 
-A row is written before anything is published and deleted only when the
-broker acknowledged the QoS 1 publish (PUBACK for its mid). Unsent rows
-survive a restart and are sent again (the cloud deduplicates by the sample's
-idempotency key). Above ``max_rows`` the oldest rows are dropped and counted.
+A row is written before anything is published and is deleted only when the
+cloud's ``HardSampleReceipt`` names its idempotency key, as stored or as
+rejected. A broker's PUBACK is not enough: Mosquitto acknowledges a publish
+before it persists it (a SIGKILLed broker loses acknowledged messages) and,
+after a restart, answers 0x10 "no matching subscribers" until the ingest has
+subscribed again.
+
+Row lifecycle (:class:`RowState`, allowed moves in :data:`ROW_TRANSITIONS`)::
+
+    queued --publish--> sending --PUBACK ok--> sent --receipt--> (deleted)
+      ^                    |                    |
+      |  PUBACK 0x10/>=0x80 (backoff)           |
+      +--------------------+                    |
+      +---- no receipt within the timeout ------+  (re-sent, same key)
+
+Any state may end in a deletion: a receipt (stored or rejected), or the size
+cap (oldest rows first, counted in ``outbox_dropped``). A stale PUBACK (for an
+earlier attempt of a row that was re-sent since) is ignored. On open, rows left
+``sending`` or ``sent`` by a previous process go back to ``queued``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from edge_agent._stats import Stats
 
 log = logging.getLogger("edge_agent.outbox")
 
-# PUBACK reason codes after which resending cannot help: drop the row, count it.
-FATAL_ACK_CODES = {0x87, 0x90, 0x95, 0x99, 0x83}
+#: PUBACK reason code "no matching subscribers": the broker took the message but
+#: no one will get it (after a Mosquitto restart, shared subscriptions are gone)
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+class RowState(str, Enum):
+    """Where an outbox row stands (a deleted row is gone from the table)."""
+
+    QUEUED = "queued"  # waiting to be published (maybe after a backoff)
+    SENDING = "sending"  # handed to the MQTT session, no PUBACK yet
+    SENT = "sent"  # the broker took it (PUBACK), waiting for the cloud's receipt
+
+
+ROW_TRANSITIONS: dict[RowState, frozenset[RowState]] = {
+    RowState.QUEUED: frozenset({RowState.SENDING}),
+    RowState.SENDING: frozenset({RowState.SENT, RowState.QUEUED}),
+    RowState.SENT: frozenset({RowState.QUEUED}),
+}
+
+
+def puback_accepted(code: int) -> bool:
+    """A PUBACK that says the message reached someone (not 0x10, not a failure)."""
+    return code < 0x80 and code != NO_MATCHING_SUBSCRIBERS
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    key: str
+    topic: str
+    payload: bytes
+    attempt: int  # 1 for the first publish; PUBACKs of other attempts are stale
+
+
+_COLUMNS = {
+    "state": "TEXT NOT NULL DEFAULT 'queued'",
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "failures": "INTEGER NOT NULL DEFAULT 0",
+    "next_at": "REAL NOT NULL DEFAULT 0",
+    "published_at": "REAL",
+    "sent_at": "REAL",
+}
+_REASON_RE = re.compile(r"[^a-z0-9_]+")
 
 
 class Outbox:
+    """The SQLite outbox. Thread-safe; times are the caller's clock (monotonic)."""
+
     def __init__(self, path: Path, *, max_rows: int, stats: Stats) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
         self.stats = stats
         self._lock = threading.Lock()
-        self._inflight: set[int] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -36,8 +97,22 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " key TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL)"
         )
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, decl in _COLUMNS.items():  # outboxes written by older agents
+            if name not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, id)")
+        # a previous process's publishes and PUBACKs prove nothing now: send again
+        n = self._db.execute(
+            "UPDATE outbox SET state = 'queued', next_at = 0, failures = 0,"
+            " published_at = NULL, sent_at = NULL WHERE state != 'queued'"
+        ).rowcount
+        if n:
+            self.stats.inc("outbox_requeued_on_open", n)
+            log.info("outbox: %d rows sent before a restart are queued again", n)
         self.wake = threading.Event()
 
+    # -- writing -----------------------------------------------------------
     def add(self, key: str, topic: str, payload: bytes) -> None:
         """Persist one message; drops the oldest rows beyond the cap (counted)."""
         with self._lock:
@@ -57,35 +132,147 @@ class Outbox:
         self.stats.inc("outbox_added")
         self.wake.set()
 
-    def pending(self, limit: int) -> list[tuple[int, str, bytes]]:
-        """Rows not yet handed to the session, oldest first."""
+    def due(self, limit: int, now: float) -> list[OutboxRow]:
+        """Up to ``limit`` queued rows whose backoff has passed, oldest first, now ``sending``."""
+        if limit <= 0:
+            return []
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?",
-                (limit + len(self._inflight),),
+                "SELECT id, key, topic, payload, attempts FROM outbox"
+                " WHERE state = 'queued' AND next_at <= ? ORDER BY id LIMIT ?",
+                (now, limit),
             ).fetchall()
-            out = [r for r in rows if r[0] not in self._inflight][:limit]
-            self._inflight.update(r[0] for r in out)
-            return out
+            if not rows:
+                return []
+            self._db.executemany(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1,"
+                " published_at = ? WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+        return [OutboxRow(r[0], r[1], r[2], r[3], r[4] + 1) for r in rows]
+
+    def acked(
+        self, row_id: int, attempt: int, code: int, now: float, backoff: tuple[float, float]
+    ) -> float | None:
+        """The PUBACK of ``attempt`` of a row. Accepted: the row is ``sent``.
+        0x10 or a failure code: back to ``queued`` after a backoff
+        (``retry_min_s * 2**(failures-1)``, at most ``retry_max_s``), which is
+        returned; ``None`` otherwise (also for a stale or unknown row)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, attempts, failures FROM outbox WHERE id = ?", (row_id,)
+            ).fetchone()
+            if row is None or row[0] != RowState.SENDING.value or row[1] != attempt:
+                self.stats.inc("hard_ack_stale")  # receipt came first, dropped, or re-sent
+                return None
+            if puback_accepted(code):
+                self._db.execute(
+                    "UPDATE outbox SET state = 'sent', sent_at = ?, failures = 0 WHERE id = ?",
+                    (now, row_id),
+                )
+                self.stats.inc("hard_acked")
+                return None
+            failures = row[2] + 1
+            lo, hi = backoff
+            delay = min(hi, lo * 2 ** min(failures - 1, 30))
+            self._db.execute(
+                "UPDATE outbox SET state = 'queued', failures = ?, next_at = ?,"
+                " published_at = NULL WHERE id = ?",
+                (failures, now + delay, row_id),
+            )
+        self.stats.inc("hard_requeued")
+        if code == NO_MATCHING_SUBSCRIBERS:
+            self.stats.inc("hard_no_subscribers")
+        log.info("hard sample row %d: PUBACK 0x%02x, queued again in %.1fs", row_id, code, delay)
+        self.wake.set()
+        return delay
+
+    def expire(self, now: float, timeout_s: float) -> int:
+        """Rows without a receipt (``sent``) or a PUBACK (``sending``) for the
+        timeout go back to ``queued`` to be re-sent with the same key. The
+        timeout doubles with each attempt, up to 16 times ``timeout_s``."""
+        with self._lock:
+            n = self._db.execute(
+                "UPDATE outbox SET state = 'queued', next_at = 0, published_at = NULL,"
+                " sent_at = NULL WHERE (state = 'sent' AND sent_at IS NOT NULL"
+                "   AND sent_at + ? * (1 << min(max(attempts - 1, 0), 4)) <= ?)"
+                " OR (state = 'sending' AND published_at IS NOT NULL"
+                "   AND published_at + ? * (1 << min(max(attempts - 1, 0), 4)) <= ?)",
+                (timeout_s, now, timeout_s, now),
+            ).rowcount
+        if n:
+            self.stats.inc("hard_resent", n)
+            log.info("%d hard samples without a receipt in time: sending them again", n)
+        return n
+
+    def restart_timers(self, now: float) -> None:
+        """After a reconnect: paho re-sends what it had in flight and the broker
+        delivers receipts it queued for us, so the timeouts start over."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET published_at = ? WHERE state = 'sending'", (now,))
+            self._db.execute("UPDATE outbox SET sent_at = ? WHERE state = 'sent'", (now,))
+
+    def receipt(self, stored: Iterable[str], rejected: Mapping[str, str]) -> tuple[int, int]:
+        """Delete the rows a receipt names; returns (stored, rejected) rows deleted.
+
+        A rejected sample will never be accepted: it is deleted, counted in
+        ``hard_rejected`` and ``hard_rejected.<reason>`` and logged."""
+        n_stored = n_rejected = unknown = 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for key in stored:
+                    if self._db.execute("DELETE FROM outbox WHERE key = ?", (key,)).rowcount:
+                        n_stored += 1
+                    else:
+                        unknown += 1
+                gone: list[tuple[str, str]] = []
+                for key, reason in rejected.items():
+                    if self._db.execute("DELETE FROM outbox WHERE key = ?", (key,)).rowcount:
+                        gone.append((key, reason))
+                    else:
+                        unknown += 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        for key, reason in gone:
+            n_rejected += 1
+            code = _REASON_RE.sub("_", reason.split(":", 1)[0].strip().lower())[:40] or "unknown"
+            self.stats.inc(f"hard_rejected.{code}")
+            log.warning("cloud rejected hard sample %s (dropped, not re-sent): %s", key, reason)
+        self.stats.inc("hard_stored", n_stored)
+        self.stats.inc("hard_rejected", n_rejected)
+        self.stats.inc("hard_receipt_unknown", unknown)  # duplicates of earlier receipts
+        if n_stored or n_rejected:
+            self.wake.set()
+        return n_stored, n_rejected
+
+    # -- reading -----------------------------------------------------------
+    def states(self) -> dict[RowState, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        out = dict.fromkeys(RowState, 0)
+        out.update({RowState(s): n for s, n in rows})
+        return out
 
     def inflight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        """Rows handed to the session and not yet acknowledged by the broker."""
+        return self.states()[RowState.SENDING]
 
-    def acked(self, row_id: int, code: int) -> None:
-        """PUBACK for a row: delete it (or release it for a retry on a transient refusal)."""
+    def unconfirmed(self) -> int:
+        """Rows published and not yet named by a receipt (sending + sent)."""
+        s = self.states()
+        return s[RowState.SENDING] + s[RowState.SENT]
+
+    def state_of(self, key: str) -> RowState | None:
         with self._lock:
-            self._inflight.discard(row_id)
-            if code < 0x80:
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                self.stats.inc("hard_acked")
-            elif code in FATAL_ACK_CODES:
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                self.stats.inc("hard_refused")
-                log.error("broker refused hard sample row %d (reason 0x%x): dropped", row_id, code)
-            else:
-                self.stats.inc("hard_retry")
-        self.wake.set()
+            row = self._db.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
+        return RowState(row[0]) if row else None
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT key FROM outbox ORDER BY id")]
 
     def count(self) -> int:
         with self._lock:

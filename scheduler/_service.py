@@ -130,7 +130,7 @@ class ReplanService:
         self._graph_revision: int | None = None
         self._next_poll = 0.0
         self._next_edge: datetime | None = None
-        self._rollout_sig: Any = None
+        self._reports: list[ReportedState] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -220,7 +220,11 @@ class ReplanService:
                 with self._lock:
                     self.debouncer.trigger(f"announcement of {alg}", resolve=False)
         elif topic.endswith("/reported"):
-            self._on_reported(decode(payload, ReportedState))
+            rep = decode(payload, ReportedState)
+            if rep.device not in self._graph_devices:
+                return
+            with self._lock:  # the store's writes happen on the service thread
+                self._reports.append(rep)
         else:
             return
         self._wake.set()
@@ -228,10 +232,9 @@ class ReplanService:
     def _on_reported(self, rep: ReportedState) -> None:
         from algorithm_store import DeviceReport
 
+        algos = {m.algorithm for m in rep.models} & self._graph_algorithms
         reports = [
-            r
-            for r in (DeviceReport.from_reported(rep, a) for a in {m.algorithm for m in rep.models})
-            if r is not None
+            r for r in (DeviceReport.from_reported(rep, a) for a in sorted(algos)) if r is not None
         ]
         if not reports:
             return
@@ -264,6 +267,10 @@ class ReplanService:
             self._wake.clear()
 
     def _tick(self) -> None:
+        with self._lock:
+            reports, self._reports = self._reports, []
+        for rep in reports:
+            self._on_reported(rep)
         now = self.clock()
         if now >= self._next_poll:
             self._next_poll = now + self.poll_s

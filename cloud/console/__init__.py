@@ -4,7 +4,9 @@ that talks to the REST API with the login cookie.
 Pages: ``/login``, ``/datasets``, ``/datasets/{name}`` (thumbnail grid with
 filters and paging), ``/datasets/{name}/samples/{id}``, ``/annotate/{task}``
 (keyboard-first labeling), ``/review/{task}``, ``/tasks`` (live progress via
-SSE). Pages are not part of the OpenAPI schema.
+SSE), ``/models`` and ``/models/{id}`` (metrics, plots, lineage, Publish) and
+``/store`` (versions, channels, rollouts, Promote / Rollback); the dataset page
+has Train / Pretrain buttons with a live bar. Pages are not part of the OpenAPI schema.
 """
 
 from __future__ import annotations

@@ -80,6 +80,20 @@ def model_page(request: Request, model_id: int = Path(ge=1, le=2**62)) -> HTMLRe
     )
 
 
+def _version_view(v: Any) -> dict[str, Any]:
+    """What the store page shows of an ``algorithm_store.VersionInfo``."""
+    m = v.manifest
+    return {
+        "version": v.version,
+        "channels": list(v.channels),
+        "metrics": dict(m.metrics),
+        "targets": sorted(set(m.cost) | {e.target for e in m.engines}),
+        "engines": [e.model_dump() for e in m.engines],
+        "artifact": {"sha256": v.sha256, "size": v.size},
+        "published_at": v.published_at.isoformat(),
+    }
+
+
 def _rollout_view(r: dict[str, Any]) -> dict[str, Any]:
     devices = sum(len(g["devices"]) for g in r["groups"])
     healthy = sum(g["healthy"] for g in r["groups"])
@@ -95,8 +109,6 @@ def _rollout_view(r: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/store", response_class=HTMLResponse)
 def store_page(request: Request) -> HTMLResponse:
-    from algorithm_store._http import _version_json
-
     from cloud.api.routes.store import SettingsStore, key_path
 
     user = _user(request)
@@ -108,7 +120,7 @@ def store_page(request: Request) -> HTMLResponse:
             {
                 "id": a["id"],
                 "channels": store.channels(a["id"]),
-                "versions": [_version_json(v) for v in store.versions(a["id"])],
+                "versions": [_version_view(v) for v in store.versions(a["id"])],
                 "rollouts": [
                     _rollout_view(r.model_dump(mode="json")) for r in store.rollouts(a["id"])
                 ],

@@ -44,7 +44,16 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     csv = _scenes(tmp_path / "street", 40)
-    cli(data_dir, "dataset", "import", str(tmp_path / "street"), "--name", "street", "--labels", str(csv))
+    cli(
+        data_dir,
+        "dataset",
+        "import",
+        str(tmp_path / "street"),
+        "--name",
+        "street",
+        "--labels",
+        str(csv),
+    )
     token = cli(data_dir, "token", "create", "op", "--role", "operator").stdout.strip()
 
     prefix = f"cbtest:e2efly:{uuid.uuid4().hex[:10]}"
@@ -52,6 +61,8 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
         "CITYBRAIN_REDIS_URL": redis_url,
         "CITYBRAIN_JOB_PREFIX": prefix,
         "CITYBRAIN_EVENTS_CHANNEL": f"{prefix}:events",
+        # no retained announcements of this throw-away store on the shared broker
+        "CITYBRAIN_MQTT_URL": "mqtt://127.0.0.1:1",
     }
     worker_env = {**os.environ, **env, "CITYBRAIN_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     worker_env.pop("CITYBRAIN_DB_URL", None)
@@ -83,9 +94,12 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
                     f"training did not finish: {page.inner_text('#flywheel')}\n"
                     f"worker log: {(tmp_path / 'worker.log').read_text()[-3000:]}"
                 ) from None
+            assert page.get_attribute("#job", "data-live") == "1"  # updates came over SSE
             assert page.eval_on_selector("#job-bar", "b => b.value") == 1
             assert page.inner_text("#job-pct") == "100%"
-            page.screenshot(path=str(artifacts_dir / "console_flywheel_trained.png"), full_page=True)
+            page.screenshot(
+                path=str(artifacts_dir / "console_flywheel_trained.png"), full_page=True
+            )
             task = HTTP.get(f"{base}/api/v1/tasks/{task_id}", headers=auth(token)).json()
             assert task["status"] == "succeeded" and task["kind"] == "training"
             model_id = task["result"]["model_id"]
@@ -109,7 +123,9 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
             page.click("#publish-btn")
             page.wait_for_selector("#publish-message.ok")
             assert "Published street 1.0.0 to canary" in page.inner_text("#publish-message")
-            page.screenshot(path=str(artifacts_dir / "console_flywheel_published.png"), full_page=True)
+            page.screenshot(
+                path=str(artifacts_dir / "console_flywheel_published.png"), full_page=True
+            )
 
             # the store page lists it; Promote moves it to stable
             page.click("#store-link")
@@ -124,6 +140,24 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
             page.screenshot(path=str(artifacts_dir / "console_flywheel_store.png"), full_page=True)
             store = HTTP.get(f"{base}/api/v1/store/algorithms/street", headers=auth(token)).json()
             assert store["channels"] == {"canary": "1.0.0", "stable": "1.0.0"}
+
+            # the same labels again: the candidate is not better, Publish shows why it is refused
+            page.goto(f"{base}/datasets/street")
+            page.click("#train-btn")
+            page.wait_for_selector("#job[data-status=succeeded]", timeout=300_000)
+            page.click("#job-model-link")
+            page.wait_for_selector("#publish-btn")
+            assert "refuse" in page.inner_text("#gate")
+            page.wait_for_function(
+                "['confusion', 'learning-curve'].every(id => {"
+                " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0; })"
+            )
+            page.click("#publish-btn")
+            page.wait_for_selector("#publish-message.err")
+            assert "gate refuses street 1.1.0" in page.inner_text("#publish-message")
+            page.screenshot(path=str(artifacts_dir / "console_flywheel_gate.png"), full_page=True)
+            store = HTTP.get(f"{base}/api/v1/store/algorithms/street", headers=auth(token)).json()
+            assert [v["version"] for v in store["versions"]] == ["1.0.0"]
     finally:
         worker.terminate()
         try:

@@ -35,10 +35,12 @@ class Watcher:
             protocol=mqtt.MQTTv5,
         )
         self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.on_connect = lambda c, *a: c.subscribe([(Topics.desired(d), 1) for d in devices])
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        for d in devices:
-            self.c.subscribe(Topics.desired(d), qos=1)
+        assert subscribed.wait(10), "the broker did not confirm the subscription"
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         if not msg.payload:
@@ -56,6 +58,7 @@ class Watcher:
             retain=True,
         )
         info.wait_for_publish(5)
+        assert info.is_published()
 
     def wait(self, pred: Any, timeout: float = 20.0) -> None:
         end = time.monotonic() + timeout

@@ -23,7 +23,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 class Env:
     def __init__(self, root: Path) -> None:
         self.settings = Settings(
-            data_dir=root / "data", redis_url=NO_REDIS, bootstrap_token=ADMIN_TOKEN
+            data_dir=root / "data",
+            redis_url=NO_REDIS,
+            mqtt_url="mqtt://127.0.0.1:1",
+            bootstrap_token=ADMIN_TOKEN,
         )
         self.app = create_app(self.settings)
         self.client = TestClient(self.app)

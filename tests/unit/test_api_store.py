@@ -17,6 +17,7 @@ from cloud.core.config import Settings
 from tests._api_helpers import ADMIN_TOKEN, NO_REDIS, auth
 
 S = "/api/v1/store"
+NO_BROKER = "mqtt://127.0.0.1:1"
 
 
 def _token(client: TestClient, name: str, role: str) -> str:
@@ -27,22 +28,33 @@ def _token(client: TestClient, name: str, role: str) -> str:
 
 @pytest.fixture
 def env(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", redis_url=NO_REDIS, bootstrap_token=ADMIN_TOKEN)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        redis_url=NO_REDIS,
+        mqtt_url=NO_BROKER,  # announcements fail (logged); the channel change stands
+        bootstrap_token=ADMIN_TOKEN,
+    )
     client = TestClient(create_app(settings))
     tokens = {r: _token(client, r, r) for r in ("viewer", "annotator", "operator")}
     return client, settings, tokens
 
 
-def _publish_two(settings: Settings, tmp: Path) -> None:
-    """keygen + two signed versions of ``cars`` (1.0.0 on canary)."""
+def _publish_two(settings: Settings, tmp: Path, algorithm: str = "cars") -> bytes:
+    """keygen + two signed versions of ``algorithm`` (1.0.0 on canary); the public key."""
     key = st.load_private_key(st.keygen(settings.store_dir))
     store = st.AlgorithmStore(settings.store_dir, private_key=key)
     for i, v in enumerate(("1.0.0", "1.1.0")):
         model = tiny_classifier_onnx(tmp / v / "model.onnx", seed=i)
         built = st.build_package(
-            model, id="cars", version=v, private_key=key, out_dir=tmp / "out", **tiny_package_kwargs()
+            model,
+            id=algorithm,
+            version=v,
+            private_key=key,
+            out_dir=tmp / "out",
+            **tiny_package_kwargs(),
         )
         store.publish(built.archive, channel="canary" if v == "1.0.0" else None)
+    return st.public_key_raw(key)
 
 
 def test_without_a_key_reads_work_and_writes_say_keygen(env) -> None:
@@ -103,24 +115,32 @@ def test_operator_promotes_rolls_back_and_refusals_are_clean_json(env, tmp_path:
     client, settings, tok = env
     _publish_two(settings, tmp_path)
     op = auth(tok["operator"])
-    r = client.post(f"{S}/algorithms/cars/channels/canary/promote", json={"version": "1.1.0"}, headers=op)
+    r = client.post(
+        f"{S}/algorithms/cars/channels/canary/promote", json={"version": "1.1.0"}, headers=op
+    )
     assert r.status_code == 200 and r.json() == {
         "channel": "canary",
         "version": "1.1.0",
         "previous": "1.0.0",
     }
     # a downgrade without an explicit rollback is refused, with a readable message
-    r = client.post(f"{S}/algorithms/cars/channels/canary/promote", json={"version": "1.0.0"}, headers=op)
+    r = client.post(
+        f"{S}/algorithms/cars/channels/canary/promote", json={"version": "1.0.0"}, headers=op
+    )
     assert r.status_code == 409
     err = r.json()["error"]
     assert err["type"] == "Conflict" and "rollback" in err["message"] and "{" not in err["message"]
     r = client.post(f"{S}/algorithms/cars/channels/canary/rollback", json={}, headers=op)
     assert r.status_code == 200 and r.json()["version"] == "1.0.0"
     # hostile inputs
-    r = client.post(f"{S}/algorithms/nope/channels/canary/promote", json={"version": "1.0.0"}, headers=op)
+    r = client.post(
+        f"{S}/algorithms/nope/channels/canary/promote", json={"version": "1.0.0"}, headers=op
+    )
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
     r = client.post(
-        f"{S}/algorithms/cars/channels/canary/promote", json={"version": "1.1.0", "x": 1}, headers=op
+        f"{S}/algorithms/cars/channels/canary/promote",
+        json={"version": "1.1.0", "x": 1},
+        headers=op,
     )
     assert r.status_code == 422
     # a staged rollout shows up with its progress
@@ -159,3 +179,52 @@ def test_devices_download_artifacts_without_a_token(env, tmp_path: Path) -> None
     # only published artifacts are served
     r = client.get(f"{S}/artifacts/{'0' * 64}")
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+
+
+@pytest.mark.integration
+def test_channel_moves_are_announced_signed_on_the_broker(tmp_path: Path, mqtt_port: int) -> None:
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.protocol import Announcement, Topics, decode, verify_announcement
+
+    algorithm = f"cars_{uuid.uuid4().hex[:8]}"
+    url = f"mqtt://127.0.0.1:{mqtt_port}"
+    settings = Settings(
+        data_dir=tmp_path / "data", redis_url=NO_REDIS, mqtt_url=url, bootstrap_token=ADMIN_TOKEN
+    )
+    client = TestClient(create_app(settings))
+    op = auth(_token(client, "op", "operator"))
+    public = _publish_two(settings, tmp_path, algorithm)
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(c, ud, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.payload:
+            got.append(msg.payload)
+            if b'"stable"' in msg.payload:
+                arrived.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", mqtt_port)
+    sub.loop_start()
+    try:
+        sub.subscribe(Topics.announce(algorithm), qos=1)
+        r = client.post(
+            f"{S}/algorithms/{algorithm}/channels/stable/promote",
+            json={"version": "1.1.0"},
+            headers=op,
+        )
+        assert r.status_code == 200, r.text
+        assert arrived.wait(20), got
+        ann = verify_announcement(decode(got[-1], Announcement), public)
+        assert ann.channels == {"canary": "1.0.0", "stable": "1.1.0"}
+        assert set(ann.artifacts) == {"1.0.0", "1.1.0"}
+    finally:
+        # clear the retained announcement of this throw-away algorithm
+        sub.publish(Topics.announce(algorithm), b"", qos=1, retain=True).wait_for_publish(5)
+        sub.loop_stop()
+        sub.disconnect()

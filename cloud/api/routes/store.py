@@ -13,6 +13,9 @@ Access:
   of a package against the store key it pins, so an unauthenticated download
   can neither forge nor alter anything.
 
+Channel moves (promote, rollback, rollouts) are announced, signed and
+retained, on ``store/announce/{a}`` of the broker at ``settings.mqtt_url``.
+
 The store is opened per request from the key files, so a key created with
 ``citybrain store keygen`` while the server runs is picked up at once. Until a
 key exists the read routes answer (an empty store), and write routes answer
@@ -53,6 +56,26 @@ def key_path(settings: Settings) -> Path:
     return settings.store_key_file or settings.store_dir / "key"
 
 
+class BrokerAnnouncer:
+    """Sends a signed announcement retained on ``store/announce/{a}`` of the
+    broker at ``settings.mqtt_url``, connecting for each (channel moves are
+    rare operator actions). A broker that cannot be reached is logged by the
+    store and the channel change stands (devices also poll desired state)."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    def __call__(self, announcement: Any) -> None:
+        import algorithm_store as st
+
+        announcer = st.MqttAnnouncer(self.url, timeout=self.timeout)
+        try:
+            announcer(announcement)
+        finally:
+            announcer.close()
+
+
 class SettingsStore:
     """Stands in for an :class:`algorithm_store.AlgorithmStore` opened from
     ``settings``: re-opened when the key files change, state-changing calls
@@ -85,7 +108,10 @@ class SettingsStore:
                 elif st.public_key_path(kp).is_file():
                     public = st.load_public_key(st.public_key_path(kp))
                 self._store = st.AlgorithmStore(
-                    self.settings.store_dir, public_key=public, private_key=private
+                    self.settings.store_dir,
+                    public_key=public,
+                    private_key=private,
+                    announcer=BrokerAnnouncer(self.settings.mqtt_url),
                 )
                 self._stamp = stamp
             return self._store
@@ -137,4 +163,4 @@ def store_router(settings: Settings) -> APIRouter:
     return outer
 
 
-__all__ = ["WRITE_METHODS", "SettingsStore", "key_path", "store_router"]
+__all__ = ["WRITE_METHODS", "BrokerAnnouncer", "SettingsStore", "key_path", "store_router"]

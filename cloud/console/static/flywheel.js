@@ -32,7 +32,7 @@
         $("job-pct").textContent = Math.round(t.progress * 100) + "%";
       }
       if (t.status) { $("job-status").textContent = t.status; $("job").dataset.status = t.status; }
-      if (t.message != null) $("job-message").textContent = t.message;
+      if (t.message != null) $("job-message").textContent = t.message === t.status ? "" : t.message;
       if (FINISHED.includes(t.status)) finish();
     }
     async function finish() {
@@ -61,14 +61,25 @@
       err.textContent = ""; $("job-result").textContent = "";
       $("train-btn").disabled = true; $("pretrain-btn").disabled = true;
       try {
+        // listen first (as the tasks page does), so no update of the new task is missed
+        es = new EventSource("/api/v1/events");
+        es.onmessage = (m) => {
+          try {
+            const ev = JSON.parse(m.data);
+            if (ev.type !== "task" || ev.task_id !== current) return;
+            $("job").dataset.live = "1";  // an update arrived over SSE
+            show(ev);
+          } catch (e) { /* not JSON: ignore */ }
+        };
+        await new Promise((ok) => { es.addEventListener("hello", ok, { once: true }); setTimeout(ok, 3000); });
         const t = await api("POST", "/api/v1/datasets/" + encodeURIComponent(dataset) + "/" + kind, body);
         current = t.id;
         $("job").hidden = false;
         $("job").dataset.task = t.id;
+        delete $("job").dataset.live;
+        $("job").dataset.status = "";
         fw.querySelector(".job-kind").textContent = kind;
         show({ task_id: t.id, status: t.status, progress: t.progress, message: t.message });
-        es = new EventSource("/api/v1/events");
-        es.onmessage = (m) => { try { const ev = JSON.parse(m.data); if (ev.type === "task") show(ev); } catch (e) { /* ignore */ } };
         poll = setInterval(async () => {
           if (!current) return;
           try {
@@ -77,6 +88,7 @@
           } catch (e) { /* transient */ }
         }, 3000);
       } catch (e) {
+        if (es) { es.close(); es = null; }
         err.textContent = e.message;
         $("train-btn").disabled = false; $("pretrain-btn").disabled = false;
       }
