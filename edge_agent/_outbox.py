@@ -107,6 +107,8 @@ class Outbox:
             "UPDATE outbox SET state = 'queued', next_at = 0, failures = 0,"
             " published_at = NULL, sent_at = NULL WHERE state != 'queued'"
         ).rowcount
+        # times are the previous process's monotonic clock: meaningless now
+        self._db.execute("UPDATE outbox SET next_at = 0, failures = 0 WHERE next_at != 0")
         if n:
             self.stats.inc("outbox_requeued_on_open", n)
             log.info("outbox: %d rows sent before a restart are queued again", n)

@@ -118,6 +118,8 @@ class ReplanService:
         )
         self.state: PlannerState = load_state(self.state_path)
         self.history: list[ReplanRecord] = []
+        #: messages received / refused (bad schema or payload)
+        self.received = 0
         self.rejected = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -196,6 +198,7 @@ class ReplanService:
         self._connected.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.received += 1
         try:
             self.handle(msg.topic, msg.payload)
         except Exception as e:  # never kill the network thread

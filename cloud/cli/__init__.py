@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "cloud.cli.worker",
     "cloud.cli.ingest",
     "cloud.cli.flywheel_cmds",
+    "cloud.cli.mine",
     "cloud.cli.demo",
 ]
 

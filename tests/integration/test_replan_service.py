@@ -155,6 +155,8 @@ def test_service_closes_the_loop_over_mqtt(data_dir: Path, mqtt_port: int, tmp_p
     w.info = lambda: (
         [(r.reasons, r.devices, r.error, r.skipped) for r in svc.history],
         svc.rejected,
+        svc.received,
+        svc._connected.is_set(),
         svc.debouncer.devices,
         svc._graph_devices,
     )

@@ -176,6 +176,8 @@ def test_devices_download_artifacts_without_a_token(env, tmp_path: Path) -> None
     assert full.status_code == 200 and len(full.content) == size
     part = client.get(f"{S}/artifacts/{sha}", headers={"Range": "bytes=10-"})
     assert part.status_code == 206 and part.content == full.content[10:]
+    # the token-free route is only the download: an algorithm named "artifacts" is still guarded
+    assert client.get(f"{S}/algorithms/artifacts/versions/1.0.0").status_code == 401
     # only published artifacts are served
     r = client.get(f"{S}/artifacts/{'0' * 64}")
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"

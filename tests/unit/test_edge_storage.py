@@ -56,25 +56,26 @@ def test_cache_lru_never_evicts_pinned(tmp_path: Path) -> None:
 
 
 def test_outbox_cap_acks_and_restart(tmp_path: Path) -> None:
+    # the full receipt state machine is tested in test_edge_outbox.py
     stats = Stats()
     ob = Outbox(tmp_path / "o.sqlite", max_rows=3, stats=stats)
     for i in range(5):
         ob.add(f"key-{i}", "t", b"p%d" % i)
     assert ob.count() == 3 and stats.get("outbox_dropped") == 2
-    rows = ob.pending(2)
-    assert [r[2] for r in rows] == [b"p2", b"p3"]  # oldest first, oldest two dropped
-    assert ob.pending(5) == [(rows[-1][0] + 1, "t", b"p4")]  # in-flight rows not offered twice
-    ob.acked(rows[0][0], 0)
-    ob.acked(rows[1][0], 0x97)  # quota exceeded: kept for a retry
-    assert ob.count() == 2 and stats.get("hard_retry") == 1
+    rows = ob.due(2, now=0.0)
+    assert [r.payload for r in rows] == [b"p2", b"p3"]  # oldest first, oldest two dropped
+    assert [r.payload for r in ob.due(5, now=0.0)] == [b"p4"]  # in-flight rows not offered twice
+    ob.acked(rows[0].id, rows[0].attempt, 0, 0.0, (1.0, 8.0))
+    ob.acked(rows[1].id, rows[1].attempt, 0x97, 0.0, (1.0, 8.0))  # quota exceeded: retried
+    assert ob.count() == 3 and stats.get("hard_requeued") == 1  # a PUBACK deletes nothing
     ob.add("key-4", "t", b"dup")  # same idempotency key: stored once
-    assert ob.count() == 2
+    assert ob.count() == 3
     ob.close()
     again = Outbox(tmp_path / "o.sqlite", max_rows=3, stats=stats)
-    rows = again.pending(10)
-    assert [r[2] for r in rows] == [b"p3", b"p4"]  # unsent rows come back after a restart
-    again.acked(rows[0][0], 0x87)  # not authorized: resending cannot help
-    assert again.count() == 1 and stats.get("hard_refused") == 1
+    rows = again.due(10, now=0.0)
+    assert [r.payload for r in rows] == [b"p2", b"p3", b"p4"]  # all unconfirmed rows come back
+    again.receipt(["key-2"], {"key-3": "image_invalid: bad"})
+    assert again.count() == 1 and stats.get("hard_rejected") == 1
 
 
 def test_hard_sampler_encodes_limits_and_budgets(tmp_path: Path) -> None:
@@ -101,7 +102,8 @@ def test_hard_sampler_encodes_limits_and_budgets(tmp_path: Path) -> None:
     ]
     assert picks == ["low_confidence", "low_confidence", None]
     assert stats.get("hard_rate_limited.low_confidence") == 1
-    (_, topic, payload) = ob.pending(1)[0]
+    row = ob.due(1, now=0.0)[0]
+    topic, payload = row.topic, row.payload
     s = decode(payload, HardSample)
     assert (
         topic == "cb/v1/dev/dev-1/hard"

@@ -139,7 +139,8 @@ class SettingsStore:
 
 def _viewer_unless_artifact(request: Request) -> None:
     """Every store route needs a viewer token except artifact downloads (devices)."""
-    if "/artifacts/" in request.url.path:
+    route = request.scope.get("route")
+    if getattr(route, "path", "").endswith("/artifacts/{sha256}"):
         return
     from fastapi.security import HTTPAuthorizationCredentials
 
