@@ -65,6 +65,11 @@ class Watcher:
         with self.cond:
             while not pred():
                 left = end - time.monotonic()
+                if left <= 0:
+                    import faulthandler
+                    import sys
+
+                    faulthandler.dump_traceback(sys.stderr)
                 assert left > 0, f"timed out; desired so far: {self.summary()} {self.info()}"
                 self.cond.wait(left)
 
@@ -157,6 +162,7 @@ def test_service_closes_the_loop_over_mqtt(data_dir: Path, mqtt_port: int, tmp_p
         svc.rejected,
         svc.received,
         svc._connected.is_set(),
+        [t.name for t in threading.enumerate()],
         svc.debouncer.devices,
         svc._graph_devices,
     )

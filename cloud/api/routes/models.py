@@ -118,9 +118,14 @@ def _open_store(settings):  # type: ignore[no-untyped-def]
     key_path = settings.store_key_file or settings.store_dir / "key"
     if not key_path.is_file():
         return _NoKey()
+    from cloud.api.routes.store import BrokerAnnouncer
+
     private = st.load_private_key(key_path)
     return st.AlgorithmStore(
-        settings.store_dir, public_key=st.public_key_raw(private), private_key=private
+        settings.store_dir,
+        public_key=st.public_key_raw(private),
+        private_key=private,
+        announcer=BrokerAnnouncer(settings.mqtt_url),  # publishing to a channel is announced
     )
 
 
