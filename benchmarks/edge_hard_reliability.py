@@ -44,7 +44,13 @@ port, out = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ingest-" + uuid.uuid4().hex[:6], protocol=mqtt.MQTTv5)
 c.reconnect_delay_set(1, 1)
 c.on_connect = lambda c, ud, fl, rc, pr: c.subscribe("cb/v1/dev/+/hard", qos=1)
-c.on_message = lambda c, ud, m: out.write(json.loads(m.payload)["id"] + "\\n")
+def on_message(c, ud, m):
+    s = json.loads(m.payload)
+    out.write(s["id"] + "\\n")
+    # answer as the cloud ingest does: the device deletes a sample on its receipt
+    receipt = {"schema": "citybrain.hardreceipt/1", "device": s["device"], "stored": [s["id"]]}
+    c.publish(f"cb/v1/dev/{s['device']}/hard/receipt", json.dumps(receipt), qos=1)
+c.on_message = on_message
 props = Properties(PacketTypes.CONNECT)
 props.SessionExpiryInterval = 3600
 c.connect("127.0.0.1", port, clean_start=False, properties=props)

@@ -70,6 +70,7 @@ def build_desired(
         per_dev.setdefault(d, [])
     skipped: list[str] = []
     refs: dict[tuple[str, str], ArtifactRef | None] = {}
+    versions: dict[tuple[str, str], str] = {}
     for a in plan.assignments:
         per_dev.setdefault(a.device, [])
         where = f"{a.camera}/{a.algorithm} on {a.device}"
@@ -79,7 +80,10 @@ def build_desired(
             continue
         # a store that fails (locked, unreadable) raises: better no new states than
         # empty ones; only "not published" leaves one assignment out
-        version = store.version_for(a.algorithm, channel, a.device) or a.version
+        vkey = (a.algorithm, a.device)
+        if vkey not in versions:  # one store query per (algorithm, device), not per stream
+            versions[vkey] = store.version_for(a.algorithm, channel, a.device) or a.version
+        version = versions[vkey]
         key = (a.algorithm, version)
         if key not in refs:
             try:

@@ -14,7 +14,8 @@ clock (seconds, monotonic):
   causes at most one re-plan per interval.
 
 Devices never heard of are unavailable (their retained status arrives as soon as the
-service subscribes, within the first debounce window).
+service subscribes), except those :meth:`Debouncer.assume_available` names (the devices
+of a restarted service's saved plan), which get the offline grace period.
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ class Debouncer:
             dev.online = online
             dev.since = now
         self._evaluate(now)
+
+    def assume_available(self, devices: Iterable[str]) -> None:
+        """Devices taken as available without a status yet, as if they had just gone
+        offline: a restarted service keeps the devices of its saved plan until either a
+        status says ``online`` or ``offline_grace_s`` passes without one (so a restart
+        does not empty every device while the retained statuses arrive)."""
+        now = self.clock()
+        for d in devices:
+            if d not in self.devices:
+                self.devices[d] = _Device(False, now, True, None)
 
     # -- evaluation --------------------------------------------------------------
 

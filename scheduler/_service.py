@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 from edge_agent.protocol import (
     PREFIX,
+    Announcement,
     DeviceStatus,
     ProtocolError,
     ReportedState,
@@ -133,6 +134,8 @@ class ReplanService:
         self._next_poll = 0.0
         self._next_edge: datetime | None = None
         self._reports: list[ReportedState] = []
+        self._ever_connected = False
+        self._republish = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -164,6 +167,8 @@ class ReplanService:
             raise SchedulerError(f"the broker at {self.mqtt_url} did not accept the connection")
         self._republish_saved()
         with self._lock:
+            if self.state.plan is not None:
+                self.debouncer.assume_available({a.device for a in self.state.plan.assignments})
             self.debouncer.trigger("startup")
         self._thread = threading.Thread(target=self._run, name="replan", daemon=True)
         self._thread.start()
@@ -192,9 +197,16 @@ class ReplanService:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection: %s", rc)
             return
+        # QoS 0 on purpose: these are retained state topics, and a city's worth of retained
+        # messages delivered on subscribe at QoS 1 overflows the broker's per-client queue
+        # (mosquitto's max_queued_messages, 1000), which then drops newer messages too
         client.subscribe(
-            [(Topics.ALL_STATUS, 1), (Topics.ALL_ANNOUNCE, 1), (Topics.ALL_REPORTED, 1)]
+            [(Topics.ALL_STATUS, 0), (Topics.ALL_ANNOUNCE, 0), (Topics.ALL_REPORTED, 0)]
         )
+        if self._ever_connected:  # a reconnect: what was published meanwhile may be lost
+            self._republish = True
+            self._wake.set()
+        self._ever_connected = True
         self._connected.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -219,7 +231,7 @@ class ReplanService:
                 self.debouncer.device_status(st.device, st.state == "online")
         elif topic.startswith(Topics.ALL_ANNOUNCE[:-1]):
             alg = topic.rsplit("/", 1)[-1]
-            if alg in self._graph_algorithms:
+            if alg in self._graph_algorithms and decode(payload, Announcement):
                 with self._lock:
                     self.debouncer.trigger(f"announcement of {alg}", resolve=False)
         elif topic.endswith("/reported"):
@@ -270,6 +282,9 @@ class ReplanService:
             self._wake.clear()
 
     def _tick(self) -> None:
+        if self._republish:
+            self._republish = False
+            self._republish_saved()
         with self._lock:
             reports, self._reports = self._reports, []
         for rep in reports:
@@ -363,6 +378,8 @@ class ReplanService:
             self.history.append(rec)
             return rec
         rec.skipped = built.skipped
+        for why in built.skipped:
+            log.warning("left out of the desired states: %s", why)
         new_state = PlannerState(plan=plan, desired=built.states, graph_revision=graph.revision)
         save_state(self.state_path, new_state)  # first: revisions survive a crash
         self.state = new_state
@@ -380,7 +397,15 @@ class ReplanService:
 
     def _publish(self, state: Any) -> None:
         info = self._client.publish(Topics.desired(state.device), encode(state), qos=1, retain=True)
-        info.wait_for_publish(10)
+        try:
+            info.wait_for_publish(10)
+        except (RuntimeError, ValueError) as e:  # not queued at all (disconnected)
+            log.error("desired state of %s not published: %s", state.device, e)
+            return
+        if not info.is_published():
+            # paho keeps it queued and sends it on reconnect; the reconnect republishes
+            # every saved state anyway
+            log.warning("desired state of %s not acknowledged yet", state.device)
 
     def _republish_saved(self) -> None:
         for st in self.state.desired.values():

@@ -75,10 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app, catalog=catalog)  # Prometheus GET /metrics
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
-    from cloud.api.routes import flywheel
+    from cloud.api.routes import flywheel, mining
     from cloud.api.routes.store import store_router
 
     app.include_router(flywheel.router, prefix=API_PREFIX)
+    app.include_router(mining.router, prefix=API_PREFIX)
     app.include_router(store_router(settings), prefix=API_PREFIX)
     mount_console(app)
     return app

@@ -87,7 +87,10 @@ def solve(
             extensions=ext,
         )
     except sch.SchedulerError as e:
-        raise InvalidInput(str(e)) from None
+        hint = ""
+        if "extensions" in str(e) and "Extra inputs" in str(e):
+            hint = " (pins/exclusions are not part of the instance: pass them with --extensions)"
+        raise InvalidInput(f"{e}{hint}") from None
     _write_atomic(out, plan.to_json(), force)
     info = plan.solver
     gap = ""

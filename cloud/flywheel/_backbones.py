@@ -238,12 +238,12 @@ def scratch_backbone(seed: int = 0, dim: int = 256) -> TorchBackbone:
 # ---------------------------------------------------------------------------
 
 
-def _augment():  # type: ignore[no-untyped-def]
+def _augment(min_scale: float = 0.3):  # type: ignore[no-untyped-def]
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
-            v2.RandomResizedCrop(DEFAULT_SIZE, scale=(0.3, 1.0), antialias=True),
+            v2.RandomResizedCrop(DEFAULT_SIZE, scale=(min_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
@@ -281,6 +281,8 @@ def pretrain_simclr(
     lr: float = 3e-3,
     dim: int = 256,
     seed: int = 0,
+    min_crop: float = 0.3,
+    temperature: float = 0.2,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PretrainResult:
@@ -311,7 +313,7 @@ def pretrain_simclr(
         opt.load_state_dict(state["opt"])
         start, losses = state["epoch"], state["losses"]
         torch.set_rng_state(state["rng"])
-    aug = _augment()
+    aug = _augment(min_crop)
     x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # uint8 NCHW
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
@@ -328,7 +330,7 @@ def pretrain_simclr(
             batch = x_all[idx]
             v1 = torch.stack([aug(img) for img in batch]).float().div(255).sub(mean).div(std)
             v2_ = torch.stack([aug(img) for img in batch]).float().div(255).sub(mean).div(std)
-            loss = nt_xent(head(encoder(v1)), head(encoder(v2_)))
+            loss = nt_xent(head(encoder(v1)), head(encoder(v2_)), temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -1,5 +1,5 @@
-"""Job handlers of the flywheel: ``pretraining`` and ``training`` tasks run by
-``citybrain worker`` (see :mod:`cloud.jobs`)."""
+"""Job handlers of the flywheel: ``pretraining``, ``training`` and ``mining``
+tasks run by ``citybrain worker`` (see :mod:`cloud.jobs`)."""
 
 from __future__ import annotations
 
@@ -61,4 +61,43 @@ def train_handler(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-HANDLERS = {"pretraining": pretrain_handler, "training": train_handler}
+def mining_handler(ctx: JobContext) -> dict[str, Any]:
+    """params: ``dataset``, ``budget``; optional ``model`` (algorithm@version or
+    version), ``strategy``, ``pools``, ``include_field``, ``seed``, ``created_by``.
+    A re-run after a crash resumes the scoring checkpoint of this task and never
+    opens a second annotation task."""
+    from cloud.catalog import Catalog
+    from cloud.flywheel._mine import mine_dataset
+
+    p = ctx.params
+    budget = p.get("budget")
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise JobFailed(f"task needs an integer param 'budget', got {budget!r}", field="budget")
+    pools = p.get("pools")
+    if pools is not None and (
+        not isinstance(pools, list) or not all(isinstance(x, str) for x in pools)
+    ):
+        raise JobFailed("param 'pools' must be a list of pool names", field="pools")
+    with Catalog.open(ctx.settings) as cat:
+        out = mine_dataset(
+            cat,
+            _need(p, "dataset"),
+            model_version=p.get("model") or None,
+            budget=budget,
+            strategy=str(p.get("strategy") or "auto"),
+            pools=pools,
+            include_field=bool(p.get("include_field", True)),
+            seed=int(p.get("seed", 0)),
+            task_id=ctx.task_id,
+            progress=ctx.progress,
+            check=ctx.check,
+            created_by=str(p.get("created_by", "")),
+        )
+    return out.model_dump(mode="json")
+
+
+HANDLERS = {
+    "pretraining": pretrain_handler,
+    "training": train_handler,
+    "mining": mining_handler,
+}

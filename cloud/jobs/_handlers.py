@@ -41,6 +41,7 @@ def registered_handlers() -> dict[TaskKind, Handler]:
         TaskKind.IMPORT: import_handler,
         TaskKind.PRETRAINING: _lazy("cloud.flywheel._handlers", "pretrain_handler"),
         TaskKind.TRAINING: _lazy("cloud.flywheel._handlers", "train_handler"),
+        TaskKind.MINING: _lazy("cloud.flywheel._handlers", "mining_handler"),
     }
     handlers.update(_REGISTRY)
     return handlers

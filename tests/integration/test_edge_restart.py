@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.protocol import ReportedState, Topics, encode
+from edge_agent.protocol import HardSampleReceipt, ReportedState, Topics, encode
 from tests.conftest import REPO
 from tests.edge_support import (
     ChunkServer,
@@ -111,7 +111,8 @@ def test_download_resumes_from_last_verified_chunk(tmp_path: Path, mqtt_port: in
 
 class PersistentConsumer:
     """A cloud-side subscriber with a persistent session: misses nothing across
-    broker restarts."""
+    broker restarts, and answers each sample with a receipt as the ingest does
+    (a device keeps a sample in its outbox until a receipt names it)."""
 
     def __init__(self, port: int, topic: str) -> None:
         self.ids: list[str] = []
@@ -131,8 +132,11 @@ class PersistentConsumer:
         self.c.loop_start()
 
     def _on(self, c: Any, ud: Any, msg: mqtt.MQTTMessage) -> None:
+        sample = json.loads(msg.payload)
         with self.lock:
-            self.ids.append(json.loads(msg.payload)["id"])
+            self.ids.append(sample["id"])
+        receipt = HardSampleReceipt(device=sample["device"], stored=[sample["id"]])
+        c.publish(Topics.hard_receipt(sample["device"]), encode(receipt), qos=1)
 
     def close(self) -> None:
         self.c.disconnect()

@@ -220,3 +220,78 @@ def test_service_closes_the_loop_over_mqtt(data_dir: Path, mqtt_port: int, tmp_p
         svc.stop()
         w.cleanup()
         engine.dispose()
+
+
+def _broker(tmp_path: Path, port: int) -> Any:
+    import subprocess
+
+    from tests.conftest import port_answers
+
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    end = time.monotonic() + 10
+    while not port_answers(port):
+        assert time.monotonic() < end and proc.poll() is None, "mosquitto did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_broker_restart_gets_the_desired_states_back(data_dir: Path, tmp_path: Path) -> None:
+    """The broker loses its retained messages (no persistence): on reconnect the
+    service republishes every saved desired state as it was (same revision)."""
+    from cloud.catalog.db import make_engine, migrate
+    from cloud.core.config import get_settings
+    from tests.conftest import free_port
+
+    port = free_port()
+    broker = _broker(tmp_path, port)
+    tag = uuid.uuid4().hex[:8]
+    algo = f"cars-{tag}"
+    dev = {k: f"rb-{tag}-{k}" for k in "abc"}
+    cams = {k: f"rbcam-{tag}-{k}" for k in "123"}
+    engine = make_engine(get_settings().database_url)
+    migrate(engine)
+    _graph(engine, algo, dev, cams)
+    svc = sch.ReplanService(
+        engine=engine,
+        store=_store(tmp_path, algo),
+        mqtt_url=f"mqtt://127.0.0.1:{port}",
+        state_path=data_dir / "replan-state.json",
+        window_s=0.2,
+        max_delay_s=1.0,
+        poll_s=0.5,
+        time_limit=1.0,
+    )
+    w = Watcher(port, list(dev.values()))
+    try:
+        svc.start()
+        for d in dev.values():
+            w.status(d, "online")
+        w.wait(
+            lambda: (
+                sum(len(w.last(d).assignments) for d in dev.values() if w.desired[d]) == 3
+                and all(w.desired[d] for d in dev.values())
+            )
+        )
+        before = {d: w.last(d) for d in dev.values()}
+        w.c.loop_stop()
+        w.c.disconnect()
+        broker.terminate()
+        broker.wait(10)
+        broker = _broker(tmp_path, port)  # empty: no retained message survived
+        fresh = Watcher(port, list(dev.values()))
+        fresh.wait(lambda: all(fresh.desired[d] for d in dev.values()), timeout=30)
+        for d in dev.values():
+            assert fresh.last(d).revision == before[d].revision
+            assert fresh.last(d).assignments == before[d].assignments
+        fresh.cleanup()
+    finally:
+        svc.stop()
+        broker.terminate()
+        broker.wait(10)
+        engine.dispose()

@@ -4,14 +4,22 @@ real SQLite catalog with an in-memory transport and store."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import scheduler as sch
-from edge_agent.protocol import ArtifactRef, DesiredState, DeviceStatus, decode, encode
+from edge_agent.protocol import (
+    Announcement,
+    ArtifactRef,
+    DesiredState,
+    DeviceStatus,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 SHA = {"car": "a" * 64, "ped": "b" * 64, "car2": "c" * 64}
 
@@ -234,6 +242,23 @@ def test_unknown_and_never_online_devices_are_unavailable() -> None:
     assert deb.available() == set() and deb.take() is None
 
 
+def test_a_restart_keeps_the_saved_plans_devices_for_the_grace_period() -> None:
+    clk = Clock()
+    deb = sch.Debouncer(window_s=1, offline_grace_s=30, clock=clk)
+    deb.assume_available(["d1", "d2", "d3"])
+    deb.trigger("startup")
+    deb.device_status("d1", True)  # its retained status arrives
+    deb.device_status("d2", False)  # retained offline: gone after the grace, not at once
+    clk.t += 1
+    batch = deb.take()
+    assert batch is not None and batch.reasons == ["startup"]  # no availability change
+    assert deb.available() == {"d1", "d2", "d3"}
+    clk.t += 29
+    assert deb.available() == {"d1"}  # d2 said offline, d3 never said anything
+    clk.t += 1
+    assert sorted(deb.take().reasons) == ["device d2 offline", "device d3 offline"]  # type: ignore[union-attr]
+
+
 def test_bad_debouncer_settings() -> None:
     with pytest.raises(ValueError):
         sch.Debouncer(window_s=5, max_delay_s=1)
@@ -284,6 +309,9 @@ class Wire:
         class Info:
             def wait_for_publish(self, timeout: float) -> None:
                 return None
+
+            def is_published(self) -> bool:
+                return True
 
         return Info()
 
@@ -422,3 +450,121 @@ def test_service_never_publishes_when_the_graph_cannot_be_planned(
     # an invalid message is refused with the contract's error, nothing else happens
     with pytest.raises(Exception, match="schema"):
         svc.handle("cb/v1/dev/d1/status", b'{"schema": "citybrain.status/9"}')
+
+
+class RolloutStore(FakeStore):
+    """A store whose rollout advances when a device reports healthy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observed: list[Any] = []
+        self.group = 0
+
+    def observe(self, reports: list[Any]) -> list[Any]:
+        self.observed.extend(reports)
+        if any(r.healthy and r.version == "2.0.0" for r in reports):
+            self.group = 1
+            self.rollout["car"] = ("2.0.0", {"d1", "d2"})
+        return []
+
+    def reconcile(self) -> list[Any]:
+        return []
+
+    def rollouts(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(id=1, state="running", current_group=self.group)]
+
+
+def test_versions_rollouts_and_time_windows_trigger_the_service(
+    engine: Any, tmp_path: Path
+) -> None:
+    import knowledge_graph as kg
+    from edge_agent.protocol import LoadedModel, ReportedState
+
+    clk = Clock()
+    wall = [datetime(2026, 11, 27, 10, 0)]
+    store = RolloutStore()
+    svc = sch.ReplanService(
+        engine=engine,
+        store=store,
+        mqtt_url="mqtt://127.0.0.1:1",
+        state_path=tmp_path / "state.json",
+        clock=clk,
+        wall_clock=lambda: wall[0],
+        time_limit=1,
+    )
+    svc._client = wire = Wire()
+    svc._refresh_graph_index()
+    rec = svc.run_batch(sch.Batch(["start"], resolve=True), {"d1", "d2"})
+    assert rec.error is None and rec.published
+    solves = svc.replans
+    # a version moves on the channel: announced -> desired states rebuilt, no re-solve
+    wire.sent.clear()
+    store.channels["car"] = "2.0.0"
+    with pytest.raises(ProtocolError):  # refused (counted as rejected on the wire)
+        svc.handle("cb/v1/store/announce/car", b'{"schema": "citybrain.announce/1"}')
+    ann = Announcement(
+        algorithm="car", channels={"stable": "2.0.0"}, expires_at=datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    svc.handle("cb/v1/store/announce/zzz", encode(ann))  # not an algorithm of ours
+    assert not svc.debouncer._pending.reasons
+    svc.handle("cb/v1/store/announce/car", encode(ann))
+    clk.t += 3
+    svc._tick()
+    assert svc.replans == solves and not svc.history[-1].resolved
+    cars = [
+        a
+        for _, p, _, _ in wire.sent
+        for a in decode(p, DesiredState).assignments
+        if a.algorithm == "car"
+    ]
+    assert cars and {a.version for a in cars} == {"2.0.0"}
+    # a device reports: fed to the store's rollouts; progress rebuilds the desired states
+    store.channels["car"] = "1.0.0"  # rolled back; a rollout of 2.0.0 starts with no device
+    store.rollout["car"] = ("2.0.0", set())
+    svc.run_batch(sch.Batch(["rollback"]), {"d1", "d2"})
+    wire.sent.clear()
+    rep = ReportedState(
+        device="d1",
+        applied_revision=1,
+        models=[
+            LoadedModel(
+                algorithm="car", version="2.0.0", runtime="onnxruntime-cpu", sha256="a" * 64
+            )
+        ],
+    )
+    svc.handle("cb/v1/dev/d1/reported", encode(rep))
+    svc.handle("cb/v1/dev/zz/reported", encode(rep.model_copy(update={"device": "zz"})))  # not ours
+    clk.t += 0.1
+    svc._tick()  # reports are processed on the service thread
+    assert [(r.device, r.algorithm, r.healthy) for r in store.observed] == [("d1", "car", True)]
+    clk.t += 3
+    svc._tick()
+    assert svc.history[-1].reasons == ["rollout progress after d1"]
+    assert {
+        a.version
+        for _, p, _, _ in wire.sent
+        for a in decode(p, DesiredState).assignments
+        if a.algorithm == "car"
+    } == {"2.0.0"}
+    # a time-window edge: the next one is computed at each re-plan and triggers a solve
+    g = kg.load(engine)
+    g.add_policy(
+        kg.Policy(
+            id="night", zone="city", events=["car_event"], priority=9,
+            hours=kg.parse_hours("22-6"),
+        )
+    )  # fmt: skip
+    kg.save(g, engine)
+    svc.run_batch(sch.Batch(["policy"], resolve=True), {"d1", "d2"})
+    assert svc._next_edge == datetime(2026, 11, 27, 22, 0)
+    solves = svc.replans
+    svc._graph_revision = kg.stored_revision(engine)  # the save above is already planned
+    wall[0] = datetime(2026, 11, 27, 22, 0, 1)
+    svc._tick()
+    clk.t += 3
+    svc._tick()
+    assert svc.replans == solves + 1, [(r.reasons, r.error) for r in svc.history[-3:]]
+    assert svc.history[-1].reasons == ["time window edge at 2026-11-27T22:00:00"]
+    assert svc._next_edge == datetime(2026, 11, 28, 6, 0)
