@@ -87,6 +87,16 @@ def mqtt_answers(url: str) -> bool:
     return bool(u.hostname) and port_answers(u.port or 1883, u.hostname or "127.0.0.1")
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the demo process dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Services:
     """Processes started by the demo (stopped in reverse order by :meth:`close`)."""
@@ -105,6 +115,7 @@ class Services:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # own process group: killed as a whole
+            preexec_fn=_die_with_parent,
         )
         out.close()
         self.procs.append((name, p))

@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -223,6 +225,11 @@ class Demo:
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> int:
+        def _terminate(signum: int, _frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             self.preflight()
             self.n.say(
@@ -281,8 +288,6 @@ class Demo:
             self.settings.store_dir, private_key=st.load_private_key(key),
             announcer=st.MqttAnnouncer(self.settings.mqtt_url),
         )  # fmt: skip
-        svc = st.ChunkService(self.store, self.settings.mqtt_url).start()
-        self.stoppers.append(("chunk service", svc.stop))
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -646,7 +651,7 @@ class Demo:
         from edge_agent._config import HardSampleConfig, RateLimits, SelectorSpec
 
         hard = HardSampleConfig(
-            selectors=[SelectorSpec(kind="low_confidence", params={"low": 0.0, "high": 0.9},
+            selectors=[SelectorSpec(kind="low_confidence", params={"low": 0.0, "high": 0.999},
                                     limits=RateLimits(per_minute=120, per_hour=5000))],
             receipt_timeout_s=10.0,
         )  # fmt: skip
@@ -654,6 +659,7 @@ class Demo:
             3, broker_url=self.settings.mqtt_url, data_dir=self.data_dir / "demo" / "agents",
             store_public_key=self.store_pub, prefix=f"demo{self.tag}", hard=hard,
             report_interval_s=2.0, retry_failed_s=5.0,
+            fetch_mode="http", http_base_url=f"http://127.0.0.1:{self.port}",
         ).start()  # fmt: skip
         self.stoppers.append(("edge agents", self.fleet.stop))
 
@@ -674,18 +680,19 @@ class Demo:
     def stage_agents_v1(self) -> None:
         from cloud.ingest import HardSampleIngest, IngestConfig
 
-        with self.n.stage("g", "start 3 edge agents; wait until they report v1 loaded"):
+        v2 = self.state.done("train_v2") or {}
+        want = v2["version"] if v2.get("published") else self.v1
+        with self.n.stage("g", f"start 3 edge agents; wait until they report {want} loaded"):
             ing = HardSampleIngest(self.settings, IngestConfig(
                 broker_url=self.settings.mqtt_url, client_id=f"demo-ingest-{self.tag}",
                 group=f"demo{self.tag}", batch_ms=200))  # fmt: skip
+            self._wait_serve()  # the agents download packages from its store API
             ing.start()
             self.ingest = ing
             self.stoppers.append(("ingest", ing.stop))
             if not ing.wait_connected(20):
                 raise DemoError("hard-sample ingest could not connect to the broker")
             self._start_agents()
-            v2 = self.state.done("train_v2") or {}
-            want = v2["version"] if v2.get("published") else self.v1
             self._wait_agents(want)
             self.n.say(
                 f"all 3 agents run {ALGORITHM} {want} (ONNX Runtime, verified signature + golden)"

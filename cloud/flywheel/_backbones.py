@@ -238,7 +238,7 @@ def scratch_backbone(seed: int = 0, dim: int = 256) -> TorchBackbone:
 # ---------------------------------------------------------------------------
 
 
-def _augment(min_scale: float = 0.3):  # type: ignore[no-untyped-def]
+def _augment(min_scale: float = 0.6):  # type: ignore[no-untyped-def]
     from torchvision.transforms import v2
 
     return v2.Compose(
@@ -281,7 +281,7 @@ def pretrain_simclr(
     lr: float = 3e-3,
     dim: int = 256,
     seed: int = 0,
-    min_crop: float = 0.3,
+    min_crop: float = 0.6,
     temperature: float = 0.2,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,

@@ -343,3 +343,30 @@ def test_resends_do_not_charge_the_bandwidth_budget(tmp_path: Path) -> None:
     assert r.stats.get("hard_resent") == 3 and r.stats.get("hard_published") == 4
     assert take() == "low_confidence"  # the re-sends cost nothing from the budget
     assert take() is None and r.stats.get("hard_over_budget") == 1
+
+
+def test_reconnect_restarts_the_timeouts_and_lifts_the_hold(tmp_path: Path) -> None:
+    r = Rig(tmp_path, receipt_timeout_s=30.0, retry_min_s=5.0)
+    r.add("key-0000", "key-0001")
+    r.d.pump()
+    r.session.ack_all(0)  # both sent
+    r.session.connected.clear()
+    r.clock.t += 100.0  # a long outage: receipts may wait in the broker for us
+    assert r.d.pump() == 0
+    r.session.connected.set()
+    r.d.on_connected()
+    assert r.d.pump() == 0  # the broker gets a fresh timeout to deliver queued receipts
+    r.add("key-0002")
+    assert r.d.pump() == 1
+    r.session.ack_all(0x10)  # refused: held for 5 s ...
+    r.add("key-0003")
+    assert r.d.pump() == 0
+    r.d.on_connected()  # ... unless the session reconnects (key-0002 keeps its own backoff)
+    assert r.d.pump() == 1 and r.sent_payloads() == [b"payload key-0003"]
+    r.session.sent.clear()
+    r.clock.t += 29.0
+    assert r.d.pump() == 1 and r.sent_payloads() == [b"payload key-0002"]
+    r.session.sent.clear()
+    r.clock.t += 1.0  # 30 s after the reconnect: no receipt, no PUBACK for key-0003
+    assert r.d.pump() == 3
+    assert r.sent_payloads() == [b"payload key-0000", b"payload key-0001", b"payload key-0003"]
