@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 HTTP = httpx.Client(timeout=60)
 
 
-def _scenes(folder: Path, n: int) -> Path:
+def _scenes(folder: Path, n: int, seed: int = 11) -> Path:
     folder.mkdir(parents=True)
-    x, y = street_scenes(n, seed=11)
+    x, y = street_scenes(n, seed=seed)
     rows = ["path,label"]
     for i, (img, c) in enumerate(zip(x, y, strict=True)):
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -54,6 +54,8 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
         "--labels",
         str(csv),
     )
+    _scenes(tmp_path / "unlabeled", 12, seed=12)  # a pool to mine from
+    cli(data_dir, "dataset", "import", str(tmp_path / "unlabeled"), "--name", "street")
     token = cli(data_dir, "token", "create", "op", "--role", "operator").stdout.strip()
 
     prefix = f"cbtest:e2efly:{uuid.uuid4().hex[:10]}"
@@ -158,6 +160,23 @@ def test_train_publish_and_see_it_in_the_store(tmp_path, browser, artifacts_dir,
             page.screenshot(path=str(artifacts_dir / "console_flywheel_gate.png"), full_page=True)
             store = HTTP.get(f"{base}/api/v1/store/algorithms/street", headers=auth(token)).json()
             assert [v["version"] for v in store["versions"]] == ["1.0.0"]
+
+            # Mine: the published model scores the unlabeled pool; the picks open an annotation task
+            page.goto(f"{base}/datasets/street")
+            page.fill("#mine-budget", "5")
+            page.select_option("#mine-strategy", "auto")
+            page.click("#mine-btn")
+            page.wait_for_selector("#job[data-status=succeeded]", timeout=300_000)
+            mining_id = page.get_attribute("#job", "data-task")
+            page.click("#job-annotate-link")
+            page.wait_for_url(f"{base}/annotate/*")
+            mined = HTTP.get(f"{base}/api/v1/mining/{mining_id}", headers=auth(token)).json()
+            assert (
+                mined["selected"] == 5
+                and mined["annotation_task_id"] == page.url.rsplit("/", 1)[-1]
+            )
+            assert all(i["reason"] and i["prelabel"] in CLASSES for i in mined["items"])
+            page.screenshot(path=str(artifacts_dir / "console_flywheel_mine.png"), full_page=True)
     finally:
         worker.terminate()
         try:

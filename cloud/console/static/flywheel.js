@@ -25,6 +25,9 @@
     const dataset = fw.dataset.dataset;
     const err = $("flywheel-error");
     let es = null, poll = null, current = null;
+    function setBusy(busy) {
+      ["train-btn", "pretrain-btn", "mine-btn"].forEach((id) => { if ($(id)) $(id).disabled = busy; });
+    }
     function show(t) {
       if (!current || t.task_id !== current) return;
       if (typeof t.progress === "number") {
@@ -52,14 +55,20 @@
         a.href = "/models/" + t.result.model_id; a.id = "job-model-link";
         a.textContent = "model " + t.result.algorithm + " " + t.result.version;
         $("job-result").appendChild(a);
+      } else if (t.status === "succeeded" && t.result && t.result.annotation_task_id) {
+        $("job-result").innerHTML = "";
+        const a = document.createElement("a");
+        a.href = "/annotate/" + t.result.annotation_task_id; a.id = "job-annotate-link";
+        a.textContent = "annotation task: " + t.result.selected + " samples (" + t.result.from_field + " field hard cases)";
+        $("job-result").appendChild(a);
       } else if (t.status !== "succeeded") {
         err.textContent = t.error || t.message || t.status;
       }
-      $("train-btn").disabled = false; $("pretrain-btn").disabled = false;
+      setBusy(false);
     }
     async function start(kind, body) {
       err.textContent = ""; $("job-result").textContent = "";
-      $("train-btn").disabled = true; $("pretrain-btn").disabled = true;
+      setBusy(true);
       try {
         // listen first (as the tasks page does), so no update of the new task is missed
         es = new EventSource("/api/v1/events");
@@ -90,7 +99,7 @@
       } catch (e) {
         if (es) { es.close(); es = null; }
         err.textContent = e.message;
-        $("train-btn").disabled = false; $("pretrain-btn").disabled = false;
+        setBusy(false);
       }
     }
     $("train-btn").addEventListener("click", () => {
@@ -98,6 +107,8 @@
       start("train", algorithm ? { algorithm } : {});
     });
     $("pretrain-btn").addEventListener("click", () => start("pretrain", { epochs: +$("pretrain-epochs").value || 20 }));
+    $("mine-btn").addEventListener("click", () =>
+      start("mine", { budget: +$("mine-budget").value || 20, strategy: $("mine-strategy").value }));
   }
 
   // -- model page: Publish ---------------------------------------------------------
