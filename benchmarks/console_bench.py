@@ -83,6 +83,10 @@ def populate(catalog, n: int, labeled_every: int = 3) -> None:  # type: ignore[n
                         "added_at": t0 + timedelta(microseconds=i),
                         "current_annotation_id": ann_id if label else None,
                         "label": label,
+                        # provenance copied onto the membership, as add_samples does
+                        "source": samples[-1]["source"],
+                        "camera": samples[-1]["camera"],
+                        "device": samples[-1]["device"],
                     }
                 )
             conn.execute(insert(Sample), samples)

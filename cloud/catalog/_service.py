@@ -336,6 +336,15 @@ class Catalog:
                     )
                 )
                 fresh = [i for i in ids if i not in members]
+                # provenance as stored (a known sample keeps its first provenance)
+                prov = {
+                    r.id: r
+                    for r in s.execute(
+                        select(Sample.id, Sample.camera, Sample.device, Sample.source).where(
+                            Sample.id.in_(fresh)
+                        )
+                    )
+                }
                 stamps = self._next_added_at(len(fresh))
                 insert_ignore(
                     s,
@@ -347,6 +356,9 @@ class Catalog:
                             "pool": pool,
                             "added_at": t,
                             "added_by_task": task_id,
+                            "camera": prov[i].camera,
+                            "device": prov[i].device,
+                            "source": prov[i].source,
                         }
                         for i, t in zip(fresh, stamps, strict=True)
                     ],
@@ -422,40 +434,22 @@ class Catalog:
         m, smp, ann = DatasetSample, Sample, Annotation
         with self.transaction() as s:
             ds = self._dataset(s, dataset)
-            conds: list[Any] = [m.dataset_id == ds.id]
-            need_sample_join = False
-            if label is not None:
-                conds.append(m.label == label)
-            if pool is not None:
-                conds.append(m.pool == pool)
-            if split is not None:
-                conds.append(m.split == Split(split))
-            if labeled is True:
-                conds.append(m.current_annotation_id.is_not(None))
-            elif labeled is False:
-                conds.append(m.current_annotation_id.is_(None))
-            if source is not None:
-                need_sample_join = True
-                if source:  # exact prefix on both backends (no LIKE escaping, no collation)
-                    conds.append(func.substr(smp.source, 1, len(source)) == source)
-            if camera is not None:
-                need_sample_join = True
-                conds.append(smp.camera == camera)
-            if device is not None:
-                need_sample_join = True
-                conds.append(smp.device == device)
+            conds = _member_conditions(
+                ds.id,
+                label=label,
+                source=source,
+                pool=pool,
+                camera=camera,
+                device=device,
+                split=split,
+                labeled=labeled,
+            )
             total = 0
             if with_total:
-                cq = select(func.count()).select_from(m)
-                if need_sample_join:
-                    cq = cq.join(smp, smp.id == m.sample_id)
-                total = s.scalar(cq.where(*conds)) or 0
-            # page keys first, from the (covering) membership index alone; the
+                total = s.scalar(select(func.count()).select_from(m).where(*conds)) or 0
+            # page keys first, from the membership indexes alone (no join); the
             # joins run only for the rows of the page, not for skipped ones
-            kq = select(m.sample_id, m.added_at)
-            if need_sample_join:
-                kq = kq.join(smp, smp.id == m.sample_id)
-            kq = kq.where(*conds).order_by(m.added_at, m.sample_id)
+            kq = select(m.sample_id, m.added_at).where(*conds).order_by(m.added_at, m.sample_id)
             if after:
                 at, sid = _decode_cursor(after)
                 kq = kq.where(
@@ -912,6 +906,56 @@ class Catalog:
             if entity_id is not None:
                 q = q.where(LineageEdge.entity_id == str(entity_id))
             return list(s.scalars(q.order_by(LineageEdge.id)))
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` in code
+    point order (= UTF-8 byte order), or None when there is none."""
+    chars = list(prefix)
+    while chars:
+        c = ord(chars.pop()) + 1
+        if 0xD800 <= c <= 0xDFFF:  # surrogates never occur in stored text
+            c = 0xE000
+        if c <= 0x10FFFF:
+            return "".join(chars) + chr(c)
+    return None
+
+
+def _member_conditions(
+    dataset_id: int,
+    *,
+    label: str | None = None,
+    source: str | None = None,
+    pool: str | None = None,
+    camera: str | None = None,
+    device: str | None = None,
+    split: Split | str | None = None,
+    labeled: bool | None = None,
+) -> list[Any]:
+    """WHERE conditions on ``dataset_samples`` alone for the listing filters
+    (``source`` is a prefix; ``""`` matches every member)."""
+    m = DatasetSample
+    conds: list[Any] = [m.dataset_id == dataset_id]
+    if label is not None:
+        conds.append(m.label == label)
+    if pool is not None:
+        conds.append(m.pool == pool)
+    if split is not None:
+        conds.append(m.split == Split(split))
+    if labeled is True:
+        conds.append(m.current_annotation_id.is_not(None))
+    elif labeled is False:
+        conds.append(m.current_annotation_id.is_(None))
+    if source:  # an index range, byte-wise on both backends (see the column)
+        conds.append(m.source >= source)
+        upper = _prefix_upper(source)
+        if upper is not None:
+            conds.append(m.source < upper)
+    if camera is not None:
+        conds.append(m.camera == camera)
+    if device is not None:
+        conds.append(m.device == device)
+    return conds
 
 
 def _view(dm: DatasetSample, sm: Sample, an: Annotation | None) -> SampleView:

@@ -208,10 +208,23 @@ class DatasetSample(Base):
         ForeignKey("annotations.id"), default=None
     )
     label: Mapped[str | None] = mapped_column(String(128), default=None)
+    # the sample's provenance, copied from `samples` when the membership is
+    # created (a sample's provenance never changes), so the console filters and
+    # pages on this table's indexes alone, without a join to `samples`
+    camera: Mapped[str | None] = mapped_column(String(128), default=None)
+    device: Mapped[str | None] = mapped_column(String(128), default=None)
+    # byte-wise ("C") order on PostgreSQL, as SQLite's default BINARY collation,
+    # so a prefix is the index range [prefix, prefix with its last char + 1)
+    source: Mapped[str] = mapped_column(
+        Text().with_variant(Text(collation="C"), "postgresql"), default=""
+    )
     __table_args__ = (
         Index("ix_dataset_samples_pool", "dataset_id", "pool"),
         Index("ix_dataset_samples_order", "dataset_id", "added_at", "sample_id"),
         Index("ix_dataset_samples_label", "dataset_id", "label", "added_at", "sample_id"),
+        Index("ix_dataset_samples_camera", "dataset_id", "camera", "added_at", "sample_id"),
+        Index("ix_dataset_samples_device", "dataset_id", "device", "added_at", "sample_id"),
+        Index("ix_dataset_samples_source", "dataset_id", "source", "added_at", "sample_id"),
     )
 
 

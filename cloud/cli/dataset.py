@@ -43,6 +43,8 @@ def import_cmd(
     if every_k is not None and every_s is not None:
         raise InvalidInput("give --every-k or --every-s, not both", field="every_k")
     catalog = _catalog()
+    options = {"every_k": every_k, "every_s": every_s, "dedup_threshold": dedup_threshold}
+    task_id = _start_import_task(catalog, path, name, labels, options)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -53,21 +55,30 @@ def import_cmd(
         disable=as_json,
     ) as bar:
         task = bar.add_task(f"import {path.name}", total=1.0, msg="")
+        record = _task_progress(catalog, task_id)
 
         def progress(fraction: float, msg: str) -> None:
             bar.update(task, completed=fraction, msg=msg)
+            record(fraction, msg)
 
-        report = import_path(
-            catalog,
-            path,
-            name,
-            labels_csv=labels,
-            every_k=every_k,
-            every_s=every_s,
-            dedup_threshold=dedup_threshold,
-            create=create,
-            progress=progress,
-        )
+        try:
+            report = import_path(
+                catalog,
+                path,
+                name,
+                labels_csv=labels,
+                every_k=every_k,
+                every_s=every_s,
+                dedup_threshold=dedup_threshold,
+                create=create,
+                task_id=task_id,
+                progress=progress,
+            )
+        except BaseException as e:
+            _finish_import_task(catalog, task_id, error=e)
+            raise
+    report.task_id = task_id
+    _finish_import_task(catalog, task_id, report=report)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
@@ -87,6 +98,89 @@ def import_cmd(
             typer.echo(f"  {s.file}: {s.reason}")
         if len(report.skipped) > 50:
             typer.echo(f"  … and {len(report.skipped) - 50} more (use --json for all)")
+
+
+def _start_import_task(catalog, path: Path, name: str, labels: Path | None, options: dict):  # type: ignore[no-untyped-def]
+    """Record the import as a running catalog task (kind ``import``, by "cli"),
+    so it shows on the console's tasks page like an upload does."""
+    from sqlalchemy import select
+
+    from cloud.catalog.db import transaction
+    from cloud.catalog.models import Dataset, Task, TaskKind, TaskStatus, utcnow
+
+    params = {"dataset": name, "path": str(path.resolve()), "via": "cli"}
+    if labels is not None:
+        params["labels_csv"] = str(labels.resolve())
+    params.update({k: v for k, v in options.items() if v is not None})
+    with transaction(catalog.sessions) as s:
+        now = utcnow()
+        task = Task(
+            kind=TaskKind.IMPORT,
+            status=TaskStatus.RUNNING,
+            title=f"import {path.name} into {name}",
+            dataset_id=s.scalar(select(Dataset.id).where(Dataset.name == name)),
+            params=params,
+            created_by="cli",
+            attempts=1,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        s.add(task)
+        s.flush()
+        return task.id
+
+
+def _task_progress(catalog, task_id: str):  # type: ignore[no-untyped-def]
+    """A progress callback writing to the task row at most twice a second."""
+    import time
+
+    from cloud.catalog.db import transaction
+    from cloud.catalog.models import Task, utcnow
+
+    last = [0.0]
+
+    def record(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5:
+            return
+        last[0] = now
+        with transaction(catalog.sessions) as s:
+            t = s.get(Task, task_id)
+            if t is not None:
+                t.progress, t.message, t.heartbeat_at = float(fraction), message, utcnow()
+
+    return record
+
+
+def _finish_import_task(catalog, task_id: str, *, report=None, error=None) -> None:  # type: ignore[no-untyped-def]
+    from cloud.catalog.models import TaskStatus
+    from cloud.errors import CitybrainError
+    from cloud.jobs import transition
+
+    if error is not None:
+        msg = error.message if isinstance(error, CitybrainError) else type(error).__name__
+        if not isinstance(error, CitybrainError) and str(error):
+            msg = f"{msg}: {error}"
+        transition(
+            catalog.sessions,
+            task_id,
+            TaskStatus.RUNNING,
+            TaskStatus.FAILED,
+            error=msg,
+            message="failed",
+        )
+        return
+    done = f"{report.added} added, {report.existing} already there, {len(report.skipped)} skipped"
+    transition(
+        catalog.sessions,
+        task_id,
+        TaskStatus.RUNNING,
+        TaskStatus.SUCCEEDED,
+        progress=1.0,
+        message=done,
+        result=report.model_dump(mode="json"),
+        dataset_id=report.dataset_id,
+    )
 
 
 @app.command("list")

@@ -175,3 +175,43 @@ def test_dataset_cli_bad_input_exit_2_one_line(data_dir: Path, tmp_path: Path) -
     )
     p = run(data_dir, "dataset", "show", "x")
     assert "samples: 0" in p.stdout
+
+
+def test_dataset_cli_import_is_recorded_as_a_task(data_dir: Path, tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from cloud.catalog import Catalog
+    from cloud.catalog.models import DatasetSample, Task, TaskKind, TaskStatus
+    from cloud.core.config import get_settings
+
+    imgs = tmp_path / "imgs"
+    for i in range(3):
+        write_jpeg(imgs / f"{i}.jpg", 700 + i)
+    p = run(data_dir, "dataset", "import", str(imgs), "--name", "cars", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((imgs / "0.jpg").read_bytes()[:-150])
+    one_error_line(run(data_dir, "dataset", "import", str(cut), "--name", "cars"), "cut.jpg")
+    get_settings.cache_clear()
+    catalog = Catalog.open(get_settings())
+    try:
+        with catalog.sessions() as s:
+            tasks = list(s.scalars(select(Task).order_by(Task.created_at)))
+            ds_id = catalog.get_dataset("cars").id
+        assert [(t.kind, t.status, t.created_by) for t in tasks] == [
+            (TaskKind.IMPORT, TaskStatus.SUCCEEDED, "cli"),
+            (TaskKind.IMPORT, TaskStatus.FAILED, "cli"),
+        ]
+        ok, bad = tasks
+        assert rep["task_id"] == ok.id and ok.result == rep and ok.result["added"] == 3
+        assert ok.progress == 1.0 and ok.dataset_id == ds_id and ok.finished_at is not None
+        assert ok.params["dataset"] == "cars" and ok.params["path"] == str(imgs.resolve())
+        assert "3 added" in ok.message
+        assert bad.error is not None and "cut.jpg" in bad.error and bad.finished_at is not None
+        # the members record the task that added them
+        with catalog.sessions() as s:
+            by = set(s.scalars(select(DatasetSample.added_by_task)))
+        assert by == {ok.id}
+    finally:
+        catalog.close()

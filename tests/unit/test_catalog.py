@@ -255,6 +255,56 @@ def test_sample_listing_uses_an_index(catalog: Catalog) -> None:
     assert "ix_dataset_samples_label" in str(plan_label) and "TEMP B-TREE" not in str(plan_label)
 
 
+def test_membership_copies_the_stored_provenance_and_filters_without_a_join(
+    catalog: Catalog,
+) -> None:
+    catalog.create_dataset("a")
+    catalog.create_dataset("b")
+    sources = ["x/%_1.jpg", "x/a1.jpg", "x/\U0010ffff.jpg", "x/\U0010ffffz.jpg", "y\u00e9/1.jpg"]
+    ids = [
+        catalog.add_image_bytes("a", jpeg(300 + i), source=src, camera=f"c{i % 2}", device="d")
+        for i, src in enumerate(sources)
+    ]
+    # the same bytes again with other provenance: the membership gets the stored one
+    again = catalog.add_image_bytes("b", jpeg(300), source="other/0.jpg", camera="zz")
+    assert again.id == ids[0].id
+    view = catalog.list_samples("b").items[0]
+    assert (view.source, view.camera, view.device) == ("x/%_1.jpg", "c0", "d")
+    assert catalog.list_samples("b", camera="c0").total == 1
+    assert catalog.list_samples("b", camera="zz").total == 0
+    assert catalog.list_samples("b", source="other").total == 0
+
+    def by_source(prefix: str) -> list[str]:
+        return [v.source for v in catalog.list_samples("a", source=prefix).items]
+
+    for prefix in ["", "x", "x/", "x/%", "x/%_", "x/_", "x/\U0010ffff", "y\u00e9", "y", "z"]:
+        assert by_source(prefix) == [s for s in sources if s.startswith(prefix)], prefix
+    assert catalog.list_samples("a", camera="c1", device="d").total == 2
+    assert catalog.list_samples("a", camera="c1", device="e").total == 0
+
+    with catalog.engine.connect() as conn:
+        for col, value in [("camera", "'c1'"), ("device", "'d'")]:
+            plan = str(
+                conn.execute(
+                    text(
+                        f"EXPLAIN QUERY PLAN SELECT sample_id FROM dataset_samples "
+                        f"WHERE dataset_id = 1 AND {col} = {value} "
+                        "ORDER BY added_at, sample_id LIMIT 50 OFFSET 100"
+                    )
+                ).all()
+            )
+            assert f"ix_dataset_samples_{col}" in plan and "TEMP B-TREE" not in plan
+        plan = str(
+            conn.execute(
+                text(
+                    "EXPLAIN QUERY PLAN SELECT count(*) FROM dataset_samples "
+                    "WHERE dataset_id = 1 AND source >= 'x/' AND source < 'x0'"
+                )
+            ).all()
+        )
+        assert "ix_dataset_samples_source" in plan
+
+
 def test_versions_are_immutable_snapshots(catalog: Catalog) -> None:
     catalog.create_dataset("a", labels=["car", "bus"])
     ids = [catalog.add_image_bytes("a", jpeg(200 + i)).id for i in range(6)]

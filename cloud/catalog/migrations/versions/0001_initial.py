@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 09:07:25.128451
+Create Date: 2026-11-28 10:03:42.730612
 """
 from alembic import op
 import sqlalchemy as sa
@@ -179,6 +179,9 @@ def upgrade() -> None:
     sa.Column('added_by_task', sa.String(length=32), nullable=True),
     sa.Column('current_annotation_id', sa.Integer(), nullable=True),
     sa.Column('label', sa.String(length=128), nullable=True),
+    sa.Column('camera', sa.String(length=128), nullable=True),
+    sa.Column('device', sa.String(length=128), nullable=True),
+    sa.Column('source', sa.Text().with_variant(sa.Text(collation='C'), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['added_by_task'], ['tasks.id'], ),
     sa.ForeignKeyConstraint(['current_annotation_id'], ['annotations.id'], ),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),
@@ -186,9 +189,12 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('dataset_id', 'sample_id')
     )
     with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
+        batch_op.create_index('ix_dataset_samples_camera', ['dataset_id', 'camera', 'added_at', 'sample_id'], unique=False)
+        batch_op.create_index('ix_dataset_samples_device', ['dataset_id', 'device', 'added_at', 'sample_id'], unique=False)
         batch_op.create_index('ix_dataset_samples_label', ['dataset_id', 'label', 'added_at', 'sample_id'], unique=False)
         batch_op.create_index('ix_dataset_samples_order', ['dataset_id', 'added_at', 'sample_id'], unique=False)
         batch_op.create_index('ix_dataset_samples_pool', ['dataset_id', 'pool'], unique=False)
+        batch_op.create_index('ix_dataset_samples_source', ['dataset_id', 'source', 'added_at', 'sample_id'], unique=False)
 
     op.create_table('dataset_version_items',
     sa.Column('version_id', sa.Integer(), nullable=False),
@@ -271,9 +277,12 @@ def downgrade() -> None:
     op.drop_table('models')
     op.drop_table('dataset_version_items')
     with op.batch_alter_table('dataset_samples', schema=None) as batch_op:
+        batch_op.drop_index('ix_dataset_samples_source')
         batch_op.drop_index('ix_dataset_samples_pool')
         batch_op.drop_index('ix_dataset_samples_order')
         batch_op.drop_index('ix_dataset_samples_label')
+        batch_op.drop_index('ix_dataset_samples_device')
+        batch_op.drop_index('ix_dataset_samples_camera')
 
     op.drop_table('dataset_samples')
     with op.batch_alter_table('annotation_assignments', schema=None) as batch_op:
