@@ -160,6 +160,9 @@ def _wait(pred, timeout: float, what: str, proc: subprocess.Popen[bytes], log: P
 
 def _need_binary(name: str) -> str:
     path = shutil.which(name)
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin"):  # sbin is often off PATH
+        if path is None and os.access(f"{folder}/{name}", os.X_OK):
+            path = f"{folder}/{name}"
     if path is None:
         raise PreflightError(
             f"{name} is not reachable at the configured URL and not on PATH: "

@@ -63,8 +63,8 @@ class DemoSize:
 
 
 SIZES: dict[str, DemoSize] = {
-    "small": DemoSize(240, 30, 3, 16, 48, 24, 400, 1.0),
-    "default": DemoSize(1200, 80, 8, 24, 96, 60, 1000, 0.5),
+    "small": DemoSize(240, 30, 3, 16, 64, 24, 400, 1.0),
+    "default": DemoSize(800, 60, 5, 24, 96, 60, 1000, 0.5),
 }
 
 
@@ -417,6 +417,7 @@ class Demo:
 
     # ------------------------------------------------------------------ b: import
     def stage_import(self) -> None:
+        from cloud.errors import NotFound
         from cloud.flywheel._synthetic import CLASSES
         from cloud.importers import import_path
 
@@ -429,15 +430,15 @@ class Demo:
             root = Path(self.sources["cam-road-1"]).parent
             try:
                 self.catalog.get_dataset(DATASET)
-            except Exception:  # noqa: BLE001 - NotFound: create it with its classes
+            except NotFound:
                 self.catalog.create_dataset(DATASET, labels=CLASSES, created_by="demo",
                                             description="citybrain demo: synthetic street scenes + vtest frames")  # fmt: skip
             rep = import_path(self.catalog, root / "pool", DATASET, created_by="demo")
-            total = rep.added if hasattr(rep, "added") else 0
+            total = rep.added
             for video in dict.fromkeys(footage()):
                 rv = import_path(self.catalog, video, DATASET, every_s=self.size.video_every_s,
                                  created_by="demo")  # fmt: skip
-                total += getattr(rv, "added", 0)
+                total += rv.added
             n = self.catalog.dataset_stats(DATASET).samples
             self.n.say(f"dataset {DATASET}: {n} samples ({total} new)")
             self.state.finish("import", {"samples": n})
@@ -512,7 +513,7 @@ class Demo:
                 self.n.say(f"{r['labeled']} oracle labels (resumed)")
                 return
             ids, labeled, emb = self._pool()
-            # only generated scenes can be labeled by the oracle: typical ones among them
+            # typical samples of the whole pool; the oracle skips real-footage frames
             excluded = [i for i, s in enumerate(ids) if s in labeled]
             sel = select("typiclust", PoolState(embeddings=emb, excluded=np.array(excluded, np.int64)),
                          self.size.seed_labels, seed=0)  # fmt: skip
@@ -522,7 +523,7 @@ class Demo:
             self.state.finish("label", out)
 
     # ------------------------------------------------------------------ e: train v1
-    def _train(self, round_: int) -> Any:
+    def _train(self) -> Any:
         from cloud.flywheel import TrainConfig
         from cloud.flywheel._pipeline import train_dataset
 
@@ -581,7 +582,7 @@ class Demo:
                 if row.status != ModelStatus.PUBLISHED:
                     self._publish(self.v1)
             else:
-                out = self._train(1)
+                out = self._train()
                 self.v1 = out.version
                 self.n.say(f"{ALGORITHM} {out.version} ({out.mode}): test accuracy "
                            f"{out.metrics.accuracy:.3f} on {out.metrics.n}; gate: {out.gate.reason}")  # fmt: skip
@@ -647,15 +648,20 @@ class Demo:
 
     # ------------------------------------------------------------------ g: agents
     def _start_agents(self) -> None:
-        from edge_agent import _fleet
-        from edge_agent._config import HardSampleConfig, RateLimits, SelectorSpec
+        from edge_agent import Fleet
 
-        hard = HardSampleConfig(
-            selectors=[SelectorSpec(kind="low_confidence", params={"low": 0.0, "high": 0.999},
-                                    limits=RateLimits(per_minute=120, per_hour=5000))],
-            receipt_timeout_s=10.0,
-        )  # fmt: skip
-        self.fleet = _fleet.Fleet(
+        # a wide low-confidence band so that hard cases come back within seconds
+        hard = {
+            "selectors": [
+                {
+                    "kind": "low_confidence",
+                    "params": {"low": 0.0, "high": 0.999},
+                    "limits": {"per_minute": 120, "per_hour": 5000},
+                }
+            ],
+            "receipt_timeout_s": 10.0,
+        }
+        self.fleet = Fleet(
             3, broker_url=self.settings.mqtt_url, data_dir=self.data_dir / "demo" / "agents",
             store_public_key=self.store_pub, prefix=f"demo{self.tag}", hard=hard,
             report_interval_s=2.0, retry_failed_s=5.0,
@@ -802,7 +808,7 @@ class Demo:
                          "reason": gate.get("reason", ""), "published": row.status.value == "published"}  # fmt: skip
                     self.n.say(f"reusing registered {ALGORITHM} {row.version}")
                 else:
-                    out = self._train(2)
+                    out = self._train()
                     r = {"version": out.version, "publish": out.gate.publish, "reason": out.gate.reason,
                          "published": False, "test_n": out.metrics.n}  # fmt: skip
                     self.n.say(f"{ALGORITHM} {out.version} ({out.mode}): test accuracy {out.metrics.accuracy:.3f} "

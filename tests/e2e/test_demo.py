@@ -22,14 +22,19 @@ from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
-CITYBRAIN = Path(sys.executable).parent / "citybrain"
+_SCRIPT = Path(sys.executable).parent / "citybrain"
+CITYBRAIN = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "from cloud.cli import main; main()"]
+)
 STAGE_KEYS = "abcdefghijk"
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CITYBRAIN_DATA_DIR"}
     p = subprocess.Popen(
-        [str(CITYBRAIN), *args],
+        [*CITYBRAIN, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -66,7 +71,7 @@ def _counts(data_dir: Path) -> dict[str, object]:
     from algorithm_store import AlgorithmStore
 
     store = AlgorithmStore(data_dir / "store")
-    out["store_versions"] = [v.version for v in store.versions("cone-watch")]
+    out["store_versions"] = sorted(v.version for v in store.versions("cone-watch"))
     return out
 
 
