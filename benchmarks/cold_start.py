@@ -38,7 +38,7 @@ def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     )
 
 
-def street(n: int = 3000) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def street(n: int = 2000) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from cloud.flywheel._synthetic import CLASSES, street_scenes
 
     x, y = street_scenes(n, seed=11)
