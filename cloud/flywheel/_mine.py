@@ -624,13 +624,8 @@ def mine_dataset(
         params=params,
         created_by=created_by,
         task_id=task_id,
-    ) as (tid, task_progress):
-
-        def report(f: float, m: str) -> None:
-            task_progress(f, m)
-            if progress:
-                progress(f, m)
-
+        progress=progress,
+    ) as (tid, report):
         if plan.field_to_copy:
             from cloud.ingest import FIELD_POOL
 

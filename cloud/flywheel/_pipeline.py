@@ -212,9 +212,11 @@ def recorded_task(
     params: dict[str, Any],
     created_by: str,
     task_id: str | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[str, Progress]]:
     """Run work under a Task row: an existing one (from a job worker), or a
-    new one created running and finished here (a CLI run)."""
+    new one created running and finished here (a CLI run). Yields the task id
+    and a reporter that updates the task (when owned) and calls ``progress``."""
     own = task_id is None
     with catalog.transaction() as s:
         if own:
@@ -235,14 +237,16 @@ def recorded_task(
             raise NotFound(f"no task {task_id}", field="task_id")
     assert task_id is not None
 
-    def progress(fraction: float, message: str) -> None:
+    def report(fraction: float, message: str) -> None:
         if own:
             with catalog.transaction() as s:
                 t = s.get(Task, task_id)
                 t.progress, t.message = float(fraction), message
+        if progress:
+            progress(fraction, message)
 
     try:
-        yield task_id, progress
+        yield task_id, report
     except BaseException as e:
         if own:
             with catalog.transaction() as s:
@@ -302,13 +306,8 @@ def pretrain_dataset(
         params=params,
         created_by=created_by,
         task_id=task_id,
-    ) as (tid, task_progress):
-
-        def report(f: float, m: str) -> None:
-            task_progress(f, m)
-            if progress:
-                progress(f, m)
-
+        progress=progress,
+    ) as (tid, report):
         if backbone_file is not None:
             backbone = load_backbone(backbone_file)  # validated before any compute
             ckpt, losses, done = None, [], 0
@@ -465,13 +464,8 @@ def train_dataset(
         params=params,
         created_by=created_by,
         task_id=task_id,
-    ) as (tid, task_progress):
-
-        def report(f: float, m: str) -> None:
-            task_progress(f, m)
-            if progress:
-                progress(f, m)
-
+        progress=progress,
+    ) as (tid, report):
         ver = catalog.create_version(ds.id, note=f"training {algorithm}", created_by=created_by)
         items = [
             it
