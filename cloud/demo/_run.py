@@ -56,6 +56,7 @@ class DemoSize:
     field_per_camera: int  # ground-truth images each synthetic camera plays
     pretrain_epochs: int
     seed_labels: int  # first batch the oracle labels
+    test_labels: int  # random samples the oracle labels for the frozen test split
     budget: int  # mining budget of round 2
     hard_target: int  # hard samples to wait for
     holdout: int  # ground-truth images for round 1 vs round 2 accuracy
@@ -63,8 +64,8 @@ class DemoSize:
 
 
 SIZES: dict[str, DemoSize] = {
-    "small": DemoSize(240, 30, 3, 16, 64, 24, 400, 1.0),
-    "default": DemoSize(800, 60, 5, 24, 96, 60, 1000, 0.5),
+    "small": DemoSize(240, 30, 3, 16, 48, 64, 24, 400, 1.0),
+    "default": DemoSize(800, 60, 5, 32, 64, 128, 60, 1000, 0.5),
 }
 
 
@@ -269,9 +270,27 @@ class Demo:
             except Exception as e:  # noqa: BLE001 - keep stopping the rest
                 self.n.say(f"stopping {name}: {e}")
         self.stoppers.clear()
+        if self.headless and hasattr(self, "devices") and hasattr(self, "settings"):
+            self._clear_retained()
         stopped = self.services.close()
         if stopped:
             self.n.say(f"stopped {', '.join(stopped)}")
+
+    def _clear_retained(self) -> None:
+        """Leave no retained device state of a headless run on a shared broker
+        (a restart republishes the desired states in stage f anyway)."""
+        from edge_agent.protocol import Topics
+
+        try:
+            self._publish_retained(
+                {
+                    t: b""
+                    for d in self.devices
+                    for t in (Topics.desired(d), Topics.reported(d), Topics.status(d))
+                }
+            )
+        except Exception as e:  # noqa: BLE001 - best effort at shutdown
+            self.n.say(f"could not clear retained device topics: {e}")
 
     def _open(self) -> None:
         import algorithm_store as st
@@ -279,15 +298,16 @@ class Demo:
 
         self.catalog = Catalog.open(self.settings)
         self.stoppers.append(("catalog", self.catalog.close))
-        key = self.settings.store_dir / "key"
+        key = self.settings.store_key_file or self.settings.store_dir / "key"
         if not key.is_file():
-            st.keygen(self.settings.store_dir)
+            st.keygen(key.parent, name=key.name)
         self.store_key = key
         self.store_pub = st.public_key_path(key)
+        announcer = st.MqttAnnouncer(self.settings.mqtt_url)
+        self.stoppers.append(("store announcer", announcer.close))
         self.store = st.AlgorithmStore(
-            self.settings.store_dir, private_key=st.load_private_key(key),
-            announcer=st.MqttAnnouncer(self.settings.mqtt_url),
-        )  # fmt: skip
+            self.settings.store_dir, private_key=st.load_private_key(key), announcer=announcer
+        )
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -508,7 +528,9 @@ class Demo:
     def stage_label(self) -> None:
         from cloud.flywheel.mining import PoolState, select
 
-        with self.n.stage("d", f"label a first batch of {self.size.seed_labels} (typicality)"):
+        with self.n.stage(
+            "d", f"label a first batch of {self.size.seed_labels} (typicality) + a test split"
+        ):
             if (r := self.state.done("label")) is not None:
                 self.n.say(f"{r['labeled']} oracle labels (resumed)")
                 return
@@ -520,6 +542,29 @@ class Demo:
             picks = [ids[i] for i in sel.indices]
             reasons = {ids[i]: r for i, r in zip(sel.indices, sel.reasons, strict=True)}
             out = self._oracle_task("round 1: typical samples", picks, reasons)
+            # an evaluation set, drawn at random, so that the gate compares models on
+            # more than a handful of test samples
+            chosen = set(picks) | labeled
+            rest = [s for s in ids if s not in chosen]
+            rng = np.random.default_rng(1)
+            k = min(len(rest), self.size.test_labels)
+            test = [rest[i] for i in sorted(rng.choice(len(rest), k, replace=False))]
+            ev = self._oracle_task(
+                "frozen test split: random samples", test, dict.fromkeys(test, "random sample")
+            )
+            total = out["labeled"] + ev["labeled"]
+            ver = self.catalog.create_version(
+                DATASET, note="demo: freeze the test split", created_by="demo",
+                test_fraction=min(0.9, ev["labeled"] / max(1, total)),
+            )  # fmt: skip
+            n_test = sum(
+                1 for it in self.catalog.iter_items(DATASET, ver.number) if it.split == "test"
+            )
+            self.n.say(
+                f"froze a test split of {n_test} labeled samples (dataset version {ver.number})"
+            )
+            out["test_split"] = n_test
+            out["labeled"] = total
             self.state.finish("label", out)
 
     # ------------------------------------------------------------------ e: train v1
@@ -691,7 +736,10 @@ class Demo:
         with self.n.stage("g", f"start 3 edge agents; wait until they report {want} loaded"):
             ing = HardSampleIngest(self.settings, IngestConfig(
                 broker_url=self.settings.mqtt_url, client_id=f"demo-ingest-{self.tag}",
-                group=f"demo{self.tag}", batch_ms=200))  # fmt: skip
+                group=f"demo{self.tag}", batch_ms=200,
+                # devices re-send until a receipt names a sample, so the broker need not
+                # queue for this consumer long after the demo stopped
+                session_expiry_s=600))  # fmt: skip
             self._wait_serve()  # the agents download packages from its store API
             ing.start()
             self.ingest = ing
@@ -812,7 +860,7 @@ class Demo:
                     r = {"version": out.version, "publish": out.gate.publish, "reason": out.gate.reason,
                          "published": False, "test_n": out.metrics.n}  # fmt: skip
                     self.n.say(f"{ALGORITHM} {out.version} ({out.mode}): test accuracy {out.metrics.accuracy:.3f} "
-                               f"vs v1 {out.gate.baseline} on the same {out.metrics.n} test samples")  # fmt: skip
+                               f"vs v1 {out.gate.baseline or 0:.3f} on the same {out.metrics.n} test samples")  # fmt: skip
                 if r["publish"] and not r["published"]:
                     self._publish(r["version"])
                     r["published"] = True

@@ -32,7 +32,8 @@ STAGE_KEYS = "abcdefghijk"
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CITYBRAIN_DATA_DIR"}
+    drop = ("CITYBRAIN_DATA_DIR", "CITYBRAIN_DB_URL", "CITYBRAIN_STORE_KEY_FILE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     p = subprocess.Popen(
         [*CITYBRAIN, *args],
         cwd=REPO,
@@ -101,7 +102,11 @@ def test_demo_headless_runs_every_stage_then_resumes(tmp_path: Path) -> None:
     assert second.returncode == 0, f"{second.stdout[-4000:]}\n{second.stderr[-3000:]}"
     assert "(resumed)" in second.stdout
     assert "all 3 agents now run cone-watch 1.1.0" in second.stdout
-    assert _counts(data_dir) == before  # nothing duplicated
+    after = _counts(data_dir)
+    # the agents keep sending field hard cases while they run: new samples may arrive,
+    # but no dataset, dataset version, model or store version is created twice
+    assert after.pop("samples") >= before.pop("samples")
+    assert after == before
 
 
 def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
