@@ -81,27 +81,37 @@ def test_demo_headless_runs_every_stage_then_resumes(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     args = ["demo", "--headless", "--size", "small", "--data-dir", str(data_dir)]
     first = _run([*args, "--port", str(free_port())], timeout=1500)
-    assert first.returncode == 0, f"{first.stdout[-4000:]}\n{first.stderr[-3000:]}"
     out = first.stdout
-    for key in STAGE_KEYS:
+    # round 2 must be better, or the demo says why not (issue 8): a gate refusal on the
+    # frozen test split is an honest outcome (exit 1, v2 unpublished, devices stay on v1)
+    refused = first.returncode == 1 and "gate REFUSED cone-watch 1.1.0" in out
+    assert first.returncode == 0 or refused, f"{out[-4000:]}\n{first.stderr[-3000:]}"
+    for key in STAGE_KEYS[:-1] if refused else STAGE_KEYS:
         assert f"stage {key}: " in out and f"stage {key}: done in" in out, f"stage {key}:\n{out}"
     assert "ORACLE (simulated annotator, source=oracle) labeled" in out
     assert "hard samples stored in the field_hard pool" in out
-    assert "gate passed" in out
-    assert "all 3 agents now run cone-watch 1.1.0" in out
-    assert "console: http://127.0.0.1:" in out
-    assert "DEMO OK" in out
-    result = json.loads((data_dir / "demo" / "result.json").read_text())
-    assert result["ok"] is True
-    assert 0.0 <= result["round1_accuracy"] <= 1.0 and 0.0 <= result["round2_accuracy"] <= 1.0
     before = _counts(data_dir)
     assert before["model_versions"] == ["1.0.0", "1.1.0"]
-    assert before["store_versions"] == ["1.0.0", "1.1.0"]
+    if refused:
+        assert "v2 is not published; the devices stay on v1" in out
+        assert before["store_versions"] == ["1.0.0"]
+    else:
+        assert "gate passed" in out
+        assert "all 3 agents now run cone-watch 1.1.0" in out
+        assert "console: http://127.0.0.1:" in out
+        assert "DEMO OK" in out
+        result = json.loads((data_dir / "demo" / "result.json").read_text())
+        assert result["ok"] is True
+        assert 0.0 <= result["round1_accuracy"] <= 1.0 and 0.0 <= result["round2_accuracy"] <= 1.0
+        assert before["store_versions"] == ["1.0.0", "1.1.0"]
 
     second = _run([*args, "--port", str(free_port())], timeout=900)
-    assert second.returncode == 0, f"{second.stdout[-4000:]}\n{second.stderr[-3000:]}"
+    assert second.returncode == first.returncode, (
+        f"{second.stdout[-4000:]}\n{second.stderr[-3000:]}"
+    )
     assert "(resumed)" in second.stdout
-    assert "all 3 agents now run cone-watch 1.1.0" in second.stdout
+    if not refused:
+        assert "all 3 agents now run cone-watch 1.1.0" in second.stdout
     after = _counts(data_dir)
     # the agents keep sending field hard cases while they run: new samples may arrive,
     # but no dataset, dataset version, model or store version is created twice
