@@ -39,6 +39,7 @@ def import_cmd(
 
     from cloud.errors import InvalidInput
     from cloud.importers import import_path
+    from cloud.jobs import throttled_progress
 
     if every_k is not None and every_s is not None:
         raise InvalidInput("give --every-k or --every-s, not both", field="every_k")
@@ -55,7 +56,7 @@ def import_cmd(
         disable=as_json,
     ) as bar:
         task = bar.add_task(f"import {path.name}", total=1.0, msg="")
-        record = _task_progress(catalog, task_id)
+        record = throttled_progress(catalog.sessions, task_id)
 
         def progress(fraction: float, msg: str) -> None:
             bar.update(task, completed=fraction, msg=msg)
@@ -128,28 +129,6 @@ def _start_import_task(catalog, path: Path, name: str, labels: Path | None, opti
         s.add(task)
         s.flush()
         return task.id
-
-
-def _task_progress(catalog, task_id: str):  # type: ignore[no-untyped-def]
-    """A progress callback writing to the task row at most twice a second."""
-    import time
-
-    from cloud.catalog.db import transaction
-    from cloud.catalog.models import Task, utcnow
-
-    last = [0.0]
-
-    def record(fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.5:
-            return
-        last[0] = now
-        with transaction(catalog.sessions) as s:
-            t = s.get(Task, task_id)
-            if t is not None:
-                t.progress, t.message, t.heartbeat_at = float(fraction), message, utcnow()
-
-    return record
 
 
 def _finish_import_task(catalog, task_id: str, *, report=None, error=None) -> None:  # type: ignore[no-untyped-def]

@@ -68,7 +68,15 @@ from cloud.jobs._handlers import (
     register_handler,
     registered_handlers,
 )
-from cloud.jobs._queue import GROUP, JobQueue, QueueKeys, check_transition, task_event, transition
+from cloud.jobs._queue import (
+    GROUP,
+    JobQueue,
+    QueueKeys,
+    check_transition,
+    task_event,
+    throttled_progress,
+    transition,
+)
 from cloud.jobs._worker import PERMANENT_ERRORS, Worker
 
 
@@ -113,5 +121,6 @@ __all__ = [
     "registered_handlers",
     "submit",
     "task_event",
+    "throttled_progress",
     "transition",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,6 +85,34 @@ def transition(
     stmt = stmt.values(status=new, **values).execution_options(synchronize_session=False)
     with transaction(sessions) as s:
         return s.execute(stmt).rowcount == 1
+
+
+def throttled_progress(
+    sessions: sessionmaker[Session],
+    task_id: str,
+    *,
+    min_interval_s: float = 0.5,
+    then: Callable[[float, str], None] | None = None,
+) -> Callable[[float, str], None]:
+    """A progress callback for work run outside a worker (CLI imports, uploads):
+    writes progress, message and heartbeat to the task row at most every
+    ``min_interval_s``; ``then(fraction, message)`` runs after each write
+    (e.g. to publish a live event)."""
+    last = [float("-inf")]
+
+    def record(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < min_interval_s:
+            return
+        last[0] = now
+        with transaction(sessions) as s:
+            t = s.get(Task, task_id)
+            if t is not None:
+                t.progress, t.message, t.heartbeat_at = float(fraction), message, utcnow()
+        if then is not None:
+            then(fraction, message)
+
+    return record
 
 
 def task_event(

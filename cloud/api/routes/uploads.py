@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path as FsPath
 from typing import Any
@@ -221,7 +220,7 @@ def _import_as_task(import_path, settings, catalog, path, name, labels, who):  #
     from cloud.catalog.db import transaction
     from cloud.catalog.models import Dataset, Task, TaskKind, TaskStatus, utcnow
     from cloud.errors import CitybrainError
-    from cloud.jobs import task_event, transition
+    from cloud.jobs import task_event, throttled_progress, transition
 
     with transaction(catalog.sessions) as s:
         ds_id = s.scalar(select(Dataset.id).where(Dataset.name == name))
@@ -248,20 +247,13 @@ def _import_as_task(import_path, settings, catalog, path, name, labels, who):  #
     publish_event(
         settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.RUNNING, 0.0, "receiving")
     )
-    last = [0.0]
-
-    def progress(fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.5:
-            return
-        last[0] = now
-        with transaction(catalog.sessions) as s:
-            t = s.get(Task, task_id)
-            if t is not None:
-                t.progress, t.message, t.heartbeat_at = float(fraction), message, utcnow()
-        publish_event(
+    progress = throttled_progress(
+        catalog.sessions,
+        task_id,
+        then=lambda fraction, message: publish_event(
             settings, task_event(task_id, TaskKind.IMPORT, TaskStatus.RUNNING, fraction, message)
-        )
+        ),
+    )
 
     try:
         report = import_path(
