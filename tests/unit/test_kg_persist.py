@@ -4,6 +4,7 @@ migration creating the tables; PostgreSQL when reachable."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from datetime import datetime
 
@@ -130,8 +131,12 @@ def test_catalog_migration_creates_the_tables(tmp_path) -> None:
 
 @pytest.mark.postgres
 def test_postgres_round_trip() -> None:
+    # as tests/integration/test_catalog_postgres.py: skip only where PostgreSQL is not
+    # installed; an installed server that does not answer or refuses us is a failure
+    if shutil.which("psql") is None:
+        pytest.skip("PostgreSQL is not installed on this machine (no psql)")
     if not port_answers(5432):
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        pytest.fail("PostgreSQL is installed but does not answer on 127.0.0.1:5432")
     schema = f"kg_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_URL)
     try:
@@ -139,7 +144,7 @@ def test_postgres_round_trip() -> None:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as e:  # noqa: BLE001 - the server answers but refuses us
         admin.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} not usable: {e}")
+        pytest.fail(f"PostgreSQL at {PG_URL} is installed but not usable: {e}")
     engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
     try:
         metadata.create_all(engine)
