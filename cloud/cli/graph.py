@@ -167,10 +167,14 @@ def add_camera(
     camera: str,
     zone: str = typer.Option(..., "--zone", help="zone path, e.g. shenzhen/longhua/street-12"),
     scene: list[str] = typer.Option(None, "--scene", help="scene types the camera sees"),
+    source: str | None = typer.Option(
+        None, "--source", help="video file, image folder or stream URL (keyframes, edge streams)"
+    ),
 ) -> None:
     """Add a camera in a zone (created with its parents) seeing operator-set scenes."""
+    attrs = {"source": source} if source else {}
     with live_graph() as g:
-        g.add_camera(camera, zone=zone, scenes=split_values(scene))
+        g.add_camera(camera, zone=zone, scenes=split_values(scene), **attrs)
     typer.echo(f"camera {camera} added in {zone}")
 
 
@@ -213,6 +217,53 @@ def record_scenes(
         f"camera {camera}: recorded {', '.join(recorded) or 'nothing'}; "
         f"counting scenes: {', '.join(now) or 'none'}"
     )
+
+
+@app.command("infer-scenes")
+def infer_scenes(
+    cameras: list[str] = typer.Argument(None, help="cameras (default: every camera, with --all)"),
+    all_cameras: bool = typer.Option(False, "--all", help="every camera of the graph"),
+    classifier: str = typer.Option(
+        ..., "--classifier", help="store algorithm whose labels are scene names"
+    ),
+    version: str | None = typer.Option(None, "--version", help="default: what --channel holds"),
+    channel: str = typer.Option("stable", "--channel"),
+    frames: int = typer.Option(8, "--frames", min=1, max=64, help="keyframes per camera"),
+) -> None:
+    """Infer cameras' scenes from keyframes of their sources with a scene classifier
+    from the store (inferred scenes with confidence; operator, confirmed and rejected
+    scenes are left as they are). A camera whose source cannot be read is reported and
+    skipped; the others are still recorded."""
+    import knowledge_graph as kg
+    from cloud.cli.store import _errors as store_errors
+    from cloud.cli.store import _store
+    from cloud.errors import CitybrainError
+    from cloud.scenes import infer_camera_scenes, load_classifier
+
+    if bool(cameras) == all_cameras:
+        raise InvalidInput("name cameras or pass --all (not both)", field="cameras")
+    with store_errors():
+        predictor = load_classifier(_store(), classifier, version, channel)
+    failed = 0
+    with live_graph() as g:
+        for cam in cameras or list(g.nodes(kg.NodeType.CAMERA)):
+            try:
+                out = infer_camera_scenes(g, cam, predictor, frames=frames)
+            except CitybrainError as e:
+                if not all_cameras:
+                    raise
+                failed += 1
+                typer.echo(f"camera {cam}: skipped: {e.message}", err=True)
+                continue
+            top = ", ".join(
+                f"{k}={v:.2f}" for k, v in sorted(out["scores"].items(), key=lambda kv: -kv[1])
+            )
+            typer.echo(
+                f"camera {cam}: {top} ({out['frames']} keyframes, {out['classifier']}); "
+                f"counting scenes: {', '.join(g.camera_scenes(cam)) or 'none'}"
+            )
+    if failed:
+        typer.echo(f"{failed} camera(s) skipped", err=True)
 
 
 @app.command("confirm-scene")

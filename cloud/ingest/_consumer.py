@@ -81,6 +81,13 @@ class IngestConfig(BaseModel):
     receipts: bool = Field(
         default=True, description="publish HardSampleReceipt on dev/{d}/hard/receipt"
     )
+    device_prefix: str = Field(
+        default="",
+        max_length=128,
+        description="ingest only devices whose id starts with this (e.g. one site's or one "
+        "demo's fleet on a shared broker); others are acknowledged and ignored, with no "
+        "receipt: their own ingest group gets its own copy",
+    )
 
     @property
     def subscription(self) -> str:
@@ -113,6 +120,7 @@ class IngestStats:
     batches: int = 0
     db_errors: int = 0
     connects: int = 0
+    ignored: int = 0  # other devices (device_prefix)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +132,7 @@ class IngestStats:
             "batches": self.batches,
             "db_errors": self.db_errors,
             "connects": self.connects,
+            "ignored": self.ignored,
         }
 
 
@@ -385,7 +394,11 @@ class HardSampleIngest:
         """Validate, store and commit ``items``, send receipts, then acknowledge them."""
         accepted: list[_Accepted] = []
         self._receipts = {}
+        prefix = f"{PREFIX}dev/{self.config.device_prefix}"
         for it in items:
+            if self.config.device_prefix and not it.topic.startswith(prefix):
+                self.stats.ignored += 1
+                continue
             self.stats.received += 1
             self.metrics.received.inc()
             try:

@@ -268,6 +268,27 @@ def test_topic_checks_without_broker(settings: Settings) -> None:
     ing.catalog.close()
 
 
+def test_device_prefix_ignores_other_fleets_and_acknowledges_them(settings: Settings) -> None:
+    ing = HardSampleIngest(
+        settings, IngestConfig(broker_url="mqtt://127.0.0.1:1", device_prefix="site-a-")
+    )
+    acked: list[int] = []
+    ing._ack = lambda items: acked.extend(it.mid for it in items)  # type: ignore[method-assign]
+    ing.process(
+        [
+            _Item("cb/v1/dev/site-a-1/hard", encode(_sample("site-a-1", "prefix-sample-1")), 1, 1, 0),
+            _Item("cb/v1/dev/site-b-1/hard", encode(_sample("site-b-1", "prefix-sample-2")), 2, 1, 0),
+        ]
+    )
+    assert ing.stats.stored == 1 and ing.stats.ignored == 1 and ing.stats.received == 1
+    assert sorted(acked) == [1, 2]  # the other fleet's copy is not redelivered to this group
+    assert set(ing._receipts) == {"site-a-1"}  # no receipt to a device this ingest ignores
+    with ing.catalog.transaction() as s:
+        keys = set(s.scalars(select(Sample.idempotency_key)))
+    assert "prefix-sample-1" in keys and "prefix-sample-2" not in keys
+    ing.catalog.close()
+
+
 def test_samples_sent_while_consumer_is_down_arrive_once(settings: Settings, broker: Any) -> None:
     ing = _consumer(settings, broker, "ingest-b")
     pub = Pub(broker.port)
