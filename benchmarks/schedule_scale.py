@@ -3,8 +3,9 @@
 - the WHOLE ``citybrain schedule solve`` process (start-up, reading, solving,
   checking, writing) timed as a subprocess, with its peak memory (max RSS);
 - its objective against the plain baseline (``--solver baseline``), target >= 1.03x;
-- the MILP with a 60 s limit on the same instance: whether HiGHS finds an
-  incumbent, its dual bound, and the gaps to that bound.
+- the MILP with a 60 s limit on the same instance (HiGHS in a child process stopped
+  at the limit, a heuristic incumbent, a Lagrangian upper bound): the plan it
+  returns, its bound and the gaps to that bound.
 
     .venv/bin/python benchmarks/schedule_scale.py [--cameras 10000 --algorithms 1000
         --devices 1000 --seed 1 --time-limit 4 --milp-limit 60 --skip-milp]
@@ -146,12 +147,23 @@ def full_milp(args: argparse.Namespace, inst_path: Path, plan: dict, tmp: Path) 
     print(
         f"MILP on the full instance ({args.milp_limit:g} s limit, whole process {mwall:.1f} s, "
         f"peak RSS {mpeak:.0f} MiB): plan from {m['solver']['name']!r}, objective "
-        f"{m['objective']:g}, bound {mb:g}"
-        + (" (HiGHS gave no better bound than the trivial one)" if trivial else "")
+        f"{m['objective']:g}, bound {mb:g} (the smaller of HiGHS's dual bound, if any, "
+        "and the Lagrangian bound)" + (" = the trivial one" if trivial else "")
     )
-    if mb and not trivial:
-        print(f"  MILP incumbent gap: {(mb - m['objective']) / mb:.2%}")
-        print(f"  default solve's gap to the MILP bound: {(mb - plan['objective']) / mb:.2%}")
+    if mb:
+        print(f"  MILP run's gap: {(mb - m['objective']) / mb:.2%}")
+        print(f"  default solve's gap to that bound: {(mb - plan['objective']) / mb:.2%}")
+    # the Lagrangian bound alone, in this process: how long it takes, how tight it is
+    from scheduler._milp import lagrangian_bound
+    from scheduler._problem import compile_problem
+
+    prob = compile_problem(sch.load_instance(inst_path))
+    lb = lagrangian_bound(prob, target=plan["objective"], deadline=time.perf_counter() + 30)
+    print(
+        f"  Lagrangian bound alone: {lb.bound:g} after {lb.iterations} iterations, "
+        f"{lb.seconds:.1f} s (trivial {prob.servable_value():g}); default solve's gap "
+        f"{(lb.bound - plan['objective']) / lb.bound:.2%}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@ runtimes, streams, events and the hard-sample outbox.
 Apply = prepare every model the desired state needs (fetch, verify, load, warm,
 golden check) while the old ones keep running, then switch all streams at once
 (attribute swap, no gap), then release what is no longer used. Any failure
-leaves everything as it was and is reported in ``last_error``. A newer revision
-arriving mid-apply cancels it between steps (and between chunks).
+leaves everything as it was and is reported in ``last_error`` (and counted in
+``update_failures.<reason>``). A newer revision arriving mid-apply cancels it
+between steps (and between chunks).
+
+Around that: store announcements of the algorithms in use are prefetched into
+the cache (``_prefetch``), the outbox state is part of ``reported`` (re-published
+when it changes, at most every ``outbox_report_min_s``), and ``/metrics`` serves
+Prometheus metrics when ``metrics_port`` is set (``_metrics``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from edge_agent._events import EventTracker
 from edge_agent._fetch import ChunkFetcher, HttpFetcher, PackageFetcher, disk_error
 from edge_agent._hard import HardDelivery, HardSampler
 from edge_agent._hardware import detect_hardware
+from edge_agent._metrics import MetricsServer, agent_metrics
 from edge_agent._outbox import Outbox
+from edge_agent._prefetch import Prefetcher, reason_of
 from edge_agent._runtime import (
     EngineBuilder,
     LoadedModel,
@@ -44,6 +52,7 @@ from edge_agent.protocol import (
     Assignment,
     DesiredState,
     HardwareProfile,
+    OutboxState,
     ProtocolError,
     ReportedState,
     Topics,
@@ -131,6 +140,21 @@ class Agent:
         self._active_set: frozenset[str] = frozenset()
         self._threads: list[threading.Thread] = []
         self._report_now = threading.Event()
+        self._last_report = 0.0  # monotonic
+        self._reported_outbox: tuple[int, int] | None = None  # (depth, dropped) last published
+        self.metrics: MetricsServer | None = None
+        self.prefetcher = Prefetcher(
+            session=self.session,
+            fetcher=self.fetcher,
+            public_key=self.public_key,
+            stats=self.stats,
+            state_dir=self.data_dir / "announcements",
+            channel=cfg.follow_channel,
+            enabled=cfg.prefetch,
+            retry_s=cfg.retry_failed_s,
+            on_reject=self.reject,
+            progress=self.progress,
+        )
 
         self.session.subscribe(Topics.desired(self.device), self._on_desired)
         # a hard sample leaves the outbox when the cloud's receipt names it
@@ -141,6 +165,20 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> Agent:
+        """Start the threads and connect. Raises ConfigError if ``metrics_port`` is taken."""
+        if self.cfg.metrics_port:
+            try:
+                self.metrics = MetricsServer(
+                    self.cfg.metrics_host, self.cfg.metrics_port, lambda: agent_metrics(self)
+                ).start()
+            except OSError as e:
+                from edge_agent._errors import ConfigError
+
+                raise ConfigError(
+                    f"metrics_port: cannot serve /metrics on "
+                    f"{self.cfg.metrics_host}:{self.cfg.metrics_port}: {e.strerror or e}"
+                ) from None
+        self.prefetcher.start()
         for target, name in (
             (self._reconcile_loop, "reconcile"),
             (self._report_loop, "report"),
@@ -159,6 +197,7 @@ class Agent:
         self.outbox.wake.set()
         for t in self._threads:
             t.join(10)
+        self.prefetcher.stop()
         with self._lock:
             for w in self.streams.values():
                 w.stop()
@@ -166,6 +205,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 self.publish_reported()
         self.session.stop(graceful=graceful)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.outbox.close()
 
     def run_forever(self) -> None:
@@ -274,6 +315,7 @@ class Agent:
                 err = disk_error(e, "apply") if isinstance(e, OSError) else e
                 log.error("%s: revision %d failed: %s", self.device, d.revision, err)
                 self.stats.inc("applies_failed")
+                self.stats.inc(f"update_failures.{reason_of(err)}")
                 with self._lock:
                     self.inflight = None
                     self.failed = d
@@ -282,6 +324,8 @@ class Agent:
                 backoff = min(backoff * 2, 600.0)
             except Exception as e:  # noqa: BLE001 - never let the loop die
                 log.exception("%s: revision %d crashed the apply", self.device, d.revision)
+                self.stats.inc("applies_failed")
+                self.stats.inc("update_failures.internal")
                 with self._lock:
                     self.inflight = None
                     self.failed = d
@@ -297,9 +341,12 @@ class Agent:
                     self.last_error = None
                 retry_at, backoff = None, self.cfg.retry_failed_s
                 self.stats.inc("applies_ok")
-                # partial downloads of artifacts this revision does not want are dead weight
+                self.prefetcher.follow({a.algorithm for a in d.assignments})
+                # partial downloads of artifacts nothing wants any more are dead weight
                 with contextlib.suppress(OSError):
-                    self.fetcher.clean_staging({a.artifact.sha256 for a in d.assignments})
+                    self.fetcher.clean_staging(
+                        {a.artifact.sha256 for a in d.assignments} | self.prefetcher.pending()
+                    )
             self.publish_reported()
 
     def _prepare(self, key: ModelKey, a: Assignment) -> Running:
@@ -524,12 +571,39 @@ class Agent:
                 return
             try:
                 self.delivery.pump()
+                self._maybe_report_outbox()
             except Exception as e:  # noqa: BLE001 - e.g. a full disk; retried next round
                 self.stats.inc("hard_errors")
                 log.error("outbox: %s", e)
 
+    def outbox_snapshot(self) -> dict[str, Any]:
+        """Rows per state, depth, dropped (size cap) and the oldest row's age."""
+        states, oldest = self.outbox.summary()
+        age = None if oldest is None else round(max(0.0, time.time() - oldest), 3)
+        return {
+            "states": states,
+            "depth": sum(states.values()),
+            "dropped": self.stats.get("outbox_dropped"),
+            "oldest_age_s": age,
+        }
+
+    def _maybe_report_outbox(self) -> None:
+        """Re-publish ``reported`` when the outbox changed, at most every
+        ``outbox_report_min_s`` (a depth that changes with every sample would
+        otherwise flood the retained topic)."""
+        states, _ = self.outbox.summary()
+        now = (sum(states.values()), self.stats.get("outbox_dropped"))
+        if now != self._reported_outbox and (
+            time.monotonic() - self._last_report >= self.cfg.outbox_report_min_s
+        ):
+            self._report_now.set()
+
     # -- reporting ---------------------------------------------------------
     def reported(self) -> ReportedState:
+        ob = self.outbox_snapshot()
+        outbox = OutboxState(
+            depth=ob["depth"], dropped=ob["dropped"], oldest_age_s=ob["oldest_age_s"]
+        )
         with self._lock:
             error = self.last_error
             cur = self.current
@@ -556,12 +630,15 @@ class Agent:
                 last_error=error,
                 rejected=self.stats.get("rejected"),
                 progress=dict(self.progress),
+                outbox=outbox,
             )
 
     def publish_reported(self) -> None:
-        self.session.publish(
-            Topics.reported(self.device), encode(self.reported()), qos=1, retain=True
-        )
+        r = self.reported()
+        self.session.publish(Topics.reported(self.device), encode(r), qos=1, retain=True)
+        self._last_report = time.monotonic()
+        if r.outbox is not None:
+            self._reported_outbox = (r.outbox.depth, r.outbox.dropped)
         self.stats.inc("reports")
 
     def _report_loop(self) -> None:

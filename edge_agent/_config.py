@@ -80,6 +80,12 @@ class HardSampleConfig(BaseModel):
         default=1.0, gt=0, description="backoff after a refused PUBACK (0x10 or >= 0x80)"
     )
     retry_max_s: float = Field(default=60.0, gt=0, description="longest such backoff")
+    resend_budget_bytes_per_hour: int | None = Field(
+        default=40 * 1024 * 1024,
+        gt=0,
+        description="cap on re-sends and on the backlog drained after a reconnect or restart "
+        "(bytes in any sliding hour; rows wait, never dropped); None = no cap",
+    )
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -157,6 +163,26 @@ class AgentConfig(BaseSettings):
     warmup_runs: int = Field(default=2, ge=0)
     source_retry_max_s: float = Field(default=30.0, gt=0)
     hard: HardSampleConfig = Field(default_factory=HardSampleConfig)
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus /metrics here; None or 0 = off"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address /metrics binds")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one object per line (ts, level, logger, msg, device)"
+    )
+    follow_channel: str = Field(
+        default="stable",
+        min_length=1,
+        description="store channel whose announced versions are prefetched",
+    )
+    prefetch: bool = Field(
+        default=True,
+        description="download announced versions of the algorithms in use ahead of time "
+        "(into the cache only; the desired state alone decides what runs)",
+    )
+    outbox_report_min_s: float = Field(
+        default=5.0, gt=0, description="a changed outbox is reported at most this often"
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -46,6 +46,10 @@ from edge_agent.protocol import (
 
 log = logging.getLogger("edge_agent.fetch")
 
+#: a chunk download records its verified offset after this many bytes, or seconds
+_SAVE_BYTES = 4 * 1024 * 1024
+_SAVE_S = 1.0
+
 Cancel = Callable[[], bool]
 Progress = Callable[[int, int], None]
 
@@ -168,23 +172,37 @@ class ChunkFetcher:
             self.stats.inc("fetch_resumed")
             log.info("%s: resuming %s at %d/%d", self.device, ref.sha256[:12], verified, ref.size)
         f = part.open_at(verified)
+        pos = {"verified": verified, "saved": verified}
         try:
-            self._run(ref, part, f, verified, cancel, progress)
+            self._run(ref, part, f, pos, cancel, progress)
         finally:
+            try:
+                if pos["verified"] > pos["saved"]:  # keep what was verified for the next try
+                    self._persist(part, f, pos["verified"])
+            except OSError as e:
+                log.warning("%s: could not record download progress: %s", self.device, e)
             f.close()
             with self._cv:
                 self._waiting.clear()
+
+    @staticmethod
+    def _persist(part: _Partial, f: Any, verified: int) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        part.save(verified)
 
     def _run(
         self,
         ref: ArtifactRef,
         part: _Partial,
         f: Any,
-        verified: int,
+        pos: dict[str, int],
         cancel: Cancel,
         progress: Progress,
     ) -> None:
+        verified = pos["verified"]
         next_off = verified
+        last_save = time.monotonic()
         inflight: dict[bytes, tuple[int, int, float]] = {}  # corr -> (offset, length, sent)
         done: dict[int, bytes] = {}  # offset -> verified bytes not yet contiguous
         tries: dict[int, int] = {}
@@ -248,7 +266,6 @@ class ChunkFetcher:
                         self._waiting.discard(corr)
                     self.stats.inc("chunk_timeouts")
                     retry(off, f"no reply within {self.timeout_s}s")
-            advanced = False
             while verified in done:
                 data = done.pop(verified)
                 try:
@@ -256,11 +273,16 @@ class ChunkFetcher:
                 except OSError as e:
                     raise disk_error(e, "writing download") from None
                 verified += len(data)
-                advanced = True
-            if advanced:
-                f.flush()
-                os.fsync(f.fileno())
-                part.save(verified)
+                pos["verified"] = verified
+            # progress reaches the disk (fsync + state) every _SAVE_BYTES, after
+            # _SAVE_S without one, and at the end: not once per chunk
+            if verified > pos["saved"] and (
+                verified - pos["saved"] >= _SAVE_BYTES
+                or now - last_save >= _SAVE_S
+                or verified >= ref.size
+            ):
+                self._persist(part, f, verified)
+                pos["saved"], last_save = verified, now
                 progress(verified, ref.size)
 
 
@@ -361,6 +383,10 @@ class PackageFetcher:
         self.transport = transport
         self.public_key = public_key
         self.stats = stats
+        self._one = threading.Lock()  # one get at a time: transports are not re-entrant
+        self._state = threading.Lock()
+        self._foreground = 0  # foreground gets waiting for or holding ``_one``
+        self._active: set[str] = set()  # artifacts being fetched (their staging is kept)
 
     def get(
         self,
@@ -370,8 +396,40 @@ class PackageFetcher:
         version: str,
         cancel: Cancel = lambda: False,
         progress: Progress = lambda done, total: None,
+        background: bool = False,
     ) -> tuple[Path, Manifest]:
-        """A cached, verified package; raises FetchError/PackageInvalid/CacheFull/Superseded."""
+        """A cached, verified package; raises FetchError/PackageInvalid/CacheFull/Superseded.
+
+        A ``background`` get (prefetch) gives way: it raises :class:`Superseded`
+        at once if another get runs, and between chunks as soon as a foreground
+        get (an update) waits; what it downloaded so far is resumed later."""
+        if background:
+            if not self._one.acquire(blocking=False):
+                raise Superseded("another download is running")
+            user_cancel = cancel
+
+            def cancel() -> bool:
+                return self._foreground > 0 or user_cancel()
+        else:
+            with self._state:
+                self._foreground += 1
+            try:
+                self._one.acquire()
+            finally:
+                with self._state:
+                    self._foreground -= 1
+        with self._state:
+            self._active.add(ref.sha256)
+        try:
+            return self._get(ref, algorithm, version, cancel, progress)
+        finally:
+            with self._state:
+                self._active.discard(ref.sha256)
+            self._one.release()
+
+    def _get(
+        self, ref: ArtifactRef, algorithm: str, version: str, cancel: Cancel, progress: Progress
+    ) -> tuple[Path, Manifest]:
         what = f"{algorithm} {version}"
         if self.cache.has(ref.sha256):
             path = self.cache.path(ref.sha256)
@@ -423,19 +481,21 @@ class PackageFetcher:
         return path, manifest
 
     def clean_staging(self, keep: set[str]) -> int:
-        """Delete partial downloads of artifacts no longer wanted; returns how many."""
+        """Delete partial downloads of artifacts no longer wanted (nor being
+        fetched); returns how many."""
         removed = 0
         if not self.staging.is_dir():
             return 0
-        for p in self.staging.iterdir():
-            sha = p.name.split(".", 1)[0]
-            if sha in keep:
-                continue
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            removed += 1
+        with self._state:  # no get registers an artifact meanwhile
+            for p in self.staging.iterdir():
+                sha = p.name.split(".", 1)[0]
+                if sha in keep or sha in self._active:
+                    continue
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def _verify(self, path: Path, algorithm: str, version: str) -> Manifest:

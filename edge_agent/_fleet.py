@@ -56,6 +56,7 @@ class Fleet:
             "source_override": source,
             "ort_threads": 1,
             "warmup_runs": 1,
+            "metrics_port": None,  # N agents in one process: no /metrics each
             **overrides,
         }
         self.agents: dict[str, Agent] = {}

@@ -9,6 +9,13 @@ how much new data the selectors produce, while re-sends are bounded separately
 by ``receipt_window`` (samples published and not yet confirmed) and the receipt
 timeout, which doubles with each attempt. Re-sends are counted in
 ``hard_resent`` / ``hard_requeued``.
+
+Resend cap: ``resend_budget_bytes_per_hour`` bounds the bytes of re-sends
+(attempt > 1) and of the backlog, i.e. rows already waiting when the session
+(re)connected (an outage, or a restart). Samples selected while connected are
+bounded by the selection budget and are not charged. A row the cap holds back
+stays queued (in order, nothing dropped) and is counted once per hold in
+``hard_resend_delayed``; charged bytes go to ``hard_resend_bytes``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import cv2
 import numpy as np
 
 from edge_agent._config import HardSampleConfig
-from edge_agent._outbox import Outbox, RowState, puback_accepted
+from edge_agent._outbox import Outbox, OutboxRow, RowState, puback_accepted
 from edge_agent._runtime import Result
 from edge_agent._selectors import Budget, Observation, RateLimiter, Selector, build_selector
 from edge_agent._stats import Stats
@@ -163,6 +170,10 @@ class HardDelivery:
         self._lock = threading.Lock()
         self._hold_until = 0.0  # no new publishes before (after a refused PUBACK)
         self._streak = 0  # refused rounds in a row
+        cap = cfg.resend_budget_bytes_per_hour
+        self.resend_cap = Budget(cap, clock, oversize=True) if cap else None
+        self._backlog_mark = 0  # rows up to this id waited for the current connection
+        self._held: set[int] = set()  # rows the resend cap is holding back
 
     @property
     def _backoff(self) -> tuple[float, float]:
@@ -181,7 +192,7 @@ class HardDelivery:
         states = self.outbox.states()
         sending, sent = states[RowState.SENDING], states[RowState.SENT]
         free = min(self.cfg.publish_window - sending, self.cfg.receipt_window - sending - sent)
-        rows = self.outbox.due(free, now)
+        rows = self._due(free, now)
         for row in rows:
             self.session.publish(
                 row.topic, row.payload, qos=1, on_ack=partial(self._on_ack, row.id, row.attempt)
@@ -190,6 +201,33 @@ class HardDelivery:
             if row.attempt > 1:
                 self.stats.inc("hard_republished")
         return len(rows)
+
+    def _due(self, free: int, now: float) -> list[OutboxRow]:
+        """Rows to publish now: fresh ones freely, the others while the cap allows."""
+        cap = self.resend_cap
+        if cap is None:
+            return self.outbox.due(free, now)
+        mark = self._backlog_mark
+        blocked = False
+
+        def admit(row_id: int, attempt: int, size: int) -> bool:
+            nonlocal blocked
+            if attempt == 1 and row_id > mark:
+                return True
+            if not blocked and cap.spend(size):
+                self._held.discard(row_id)
+                self.stats.inc("hard_resend_bytes", size)
+                return True
+            blocked = True  # keep the order: no later re-send overtakes this one
+            if row_id not in self._held:
+                self._held.add(row_id)
+                self.stats.inc("hard_resend_delayed")
+            return False
+
+        rows = self.outbox.due(free, now, admit=admit)
+        if not blocked:
+            self._held.clear()
+        return rows
 
     def _on_ack(self, row_id: int, attempt: int, code: int) -> None:
         now = self.clock()
@@ -205,8 +243,10 @@ class HardDelivery:
         self.outbox.wake.set()
 
     def on_connected(self) -> None:
-        """(Re)connected: timeouts start over and any hold is lifted."""
+        """(Re)connected: timeouts start over and any hold is lifted; what waits
+        in the outbox now is backlog (under the resend cap)."""
         self.outbox.restart_timers(self.clock())
+        self._backlog_mark = self.outbox.max_id()
         with self._lock:
             self._hold_until = 0.0
         self.outbox.wake.set()

@@ -27,7 +27,8 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -77,6 +78,7 @@ _COLUMNS = {
     "next_at": "REAL NOT NULL DEFAULT 0",
     "published_at": "REAL",
     "sent_at": "REAL",
+    "created_at": "REAL",  # wall clock (survives restarts); NULL in rows of older agents
 }
 _REASON_RE = re.compile(r"[^a-z0-9_]+")
 
@@ -119,8 +121,9 @@ class Outbox:
         """Persist one message; drops the oldest rows beyond the cap (counted)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO outbox (key, topic, payload) VALUES (?, ?, ?)",
-                (key, topic, payload),
+                "INSERT OR IGNORE INTO outbox (key, topic, payload, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, topic, payload, time.time()),
             )
             n = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             if n > self.max_rows:
@@ -134,24 +137,51 @@ class Outbox:
         self.stats.inc("outbox_added")
         self.wake.set()
 
-    def due(self, limit: int, now: float) -> list[OutboxRow]:
-        """Up to ``limit`` queued rows whose backoff has passed, oldest first, now ``sending``."""
+    def due(
+        self,
+        limit: int,
+        now: float,
+        *,
+        admit: Callable[[int, int, int], bool] | None = None,
+    ) -> list[OutboxRow]:
+        """Up to ``limit`` queued rows whose backoff has passed, oldest first, now ``sending``.
+
+        ``admit(row_id, attempt, payload_bytes)`` may hold a row back (it stays queued)."""
         if limit <= 0:
             return []
+        where = "state = 'queued' AND next_at <= ?"
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, key, topic, payload, attempts FROM outbox"
-                " WHERE state = 'queued' AND next_at <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            if not rows:
+            if admit is None:
+                heads = self._db.execute(
+                    f"SELECT id, attempts FROM outbox WHERE {where} ORDER BY id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+            else:
+                heads = []
+                cur = self._db.execute(
+                    f"SELECT id, attempts, length(payload) FROM outbox WHERE {where} ORDER BY id",
+                    (now,),
+                )
+                for row_id, attempts, size in cur:
+                    if admit(row_id, attempts + 1, size):
+                        heads.append((row_id, attempts))
+                        if len(heads) >= limit:
+                            break
+                cur.close()
+            if not heads:
                 return []
+            rows = []
+            for row_id, attempts in heads:
+                key, topic, payload = self._db.execute(
+                    "SELECT key, topic, payload FROM outbox WHERE id = ?", (row_id,)
+                ).fetchone()
+                rows.append(OutboxRow(row_id, key, topic, payload, attempts + 1))
             self._db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1,"
                 " published_at = ? WHERE id = ?",
-                [(now, r[0]) for r in rows],
+                [(now, r.id) for r in rows],
             )
-        return [OutboxRow(r[0], r[1], r[2], r[3], r[4] + 1) for r in rows]
+        return rows
 
     def acked(
         self, row_id: int, attempt: int, code: int, now: float, backoff: tuple[float, float]
@@ -275,6 +305,20 @@ class Outbox:
     def keys(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM outbox ORDER BY id")]
+
+    def summary(self) -> tuple[dict[RowState, int], float | None]:
+        """(rows per state, wall-clock creation time of the oldest row or None)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+            oldest = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()[0]
+        out = dict.fromkeys(RowState, 0)
+        out.update({RowState(s): n for s, n in rows})
+        return out, oldest
+
+    def max_id(self) -> int:
+        """The newest row id (0 when empty); ids only grow."""
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
 
     def count(self) -> int:
         with self._lock:

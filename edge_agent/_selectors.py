@@ -188,18 +188,32 @@ class RateLimiter:
 
 
 class Budget:
-    """At most ``bytes_per_hour`` bytes in any sliding hour."""
+    """At most ``bytes_per_hour`` bytes in any sliding hour. With ``oversize``,
+    one item larger than the whole budget passes when the hour is otherwise empty
+    (for a cap that may delay but must never block for ever)."""
 
-    def __init__(self, bytes_per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bytes_per_hour: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        oversize: bool = False,
+    ) -> None:
         self.cap = bytes_per_hour
         self.clock = clock
+        self.oversize = oversize
         self._spent: deque[tuple[float, int]] = deque()
 
-    def spend(self, n: int) -> bool:
+    def used(self) -> int:
+        """Bytes spent in the last hour."""
         now = self.clock()
         while self._spent and now - self._spent[0][0] > 3600.0:
             self._spent.popleft()
-        if sum(b for _, b in self._spent) + n > self.cap:
+        return sum(b for _, b in self._spent)
+
+    def spend(self, n: int) -> bool:
+        used = self.used()
+        if used + n > self.cap and not (self.oversize and used == 0):
             return False
-        self._spent.append((now, n))
+        self._spent.append((self.clock(), n))
         return True

@@ -86,6 +86,11 @@ class Session:
         if self.connected.is_set():
             self.client.subscribe(topic, qos=1)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Forget ``topic`` (and its handler)."""
+        if self._handlers.pop(topic, None) is not None and self.connected.is_set():
+            self.client.unsubscribe(topic)
+
     def on_connected(self, hook: Callable[[], None]) -> None:
         self._on_connect_hooks.append(hook)
 

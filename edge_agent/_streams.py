@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from edge_agent._errors import SourceError
+from edge_agent._metrics import Histogram
 from edge_agent.protocol import StreamHealth
 
 log = logging.getLogger("edge_agent.streams")
@@ -131,6 +132,7 @@ class StreamWorker:
         self.dropped = 0
         self.errors = 0
         self.inference_ms = 0.0
+        self.latency = Histogram()  # inference seconds, for /metrics
         self._times: deque[float] = deque(maxlen=64)
         self._slot: np.ndarray | None = None
         self._cv = threading.Condition()
@@ -237,6 +239,7 @@ class StreamWorker:
                 if self.frames == 1
                 else (0.9 * self.inference_ms + 0.1 * res.inference_ms)
             )
+            self.latency.observe(res.inference_ms / 1000.0)
             self._times.append(time.monotonic())
             if self.on_result is not None:
                 try:

@@ -8,7 +8,6 @@ edge extra stays small).
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -30,19 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, default=None, help="TOML or JSON config file")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="json: one object per line (ts, level, logger, msg, device, extra fields); "
+        "default: the log_format setting (CITYBRAIN_EDGE_LOG_FORMAT), else text",
+    )
     sub.add_parser("hardware", help="print the detected hardware profile as JSON")
     return p
 
 
-def _run(config: Path | None, log_level: str) -> int:
+def _run(config: Path | None, log_level: str, log_format: str | None) -> int:
     from edge_agent._agent import Agent
     from edge_agent._config import load_config
+    from edge_agent._logging import configure_logging
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     cfg = load_config(config)
+    configure_logging(log_format or cfg.log_format, log_level, device=cfg.device_id)  # type: ignore[arg-type]
     agent = Agent(cfg)
 
     def _term(signum: int, frame: object) -> None:
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(detect_hardware().model_dump_json(indent=2))
             return 0
         if args.command == "run":
-            return _run(args.config, args.log_level)
+            return _run(args.config, args.log_level, args.log_format)
     except (EdgeError, ProtocolError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

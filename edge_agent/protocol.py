@@ -285,8 +285,21 @@ class LoadedModel(_Strict):
     sha256: Sha256Hex
 
 
+class OutboxState(_Strict):
+    """The device's hard-sample outbox (store-and-forward queue)."""
+
+    depth: int = Field(ge=0, description="samples waiting for the cloud's receipt")
+    dropped: int = Field(default=0, ge=0, description="oldest samples dropped by the size cap")
+    oldest_age_s: float | None = Field(
+        default=None, ge=0, description="age of the oldest waiting sample; None when empty"
+    )
+
+
 class ReportedState(_Strict):
-    """Retained on ``dev/{d}/reported``: what the device actually runs."""
+    """Retained on ``dev/{d}/reported``: what the device actually runs.
+
+    Fields added later are optional with a default (so the schema stays
+    ``citybrain.reported/1``): ``outbox``."""
 
     schema_: Literal["citybrain.reported/1"] = Field(default="citybrain.reported/1", alias="schema")
     device: Ident
@@ -299,6 +312,9 @@ class ReportedState(_Strict):
         default_factory=dict,
         description="work in progress -> fraction done (0..1), e.g. "
         "'tiny-cls 1.2.0 download' or 'tiny-cls 1.2.0 tensorrt build'",
+    )
+    outbox: OutboxState | None = Field(
+        default=None, description="hard-sample outbox; None from agents that do not report it"
     )
     at: datetime = Field(default_factory=utcnow)
 
@@ -872,6 +888,7 @@ __all__ = [
     "LoadedModel",
     "Manifest",
     "MessageInvalid",
+    "OutboxState",
     "PackageInvalid",
     "Postprocess",
     "Preprocess",

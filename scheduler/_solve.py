@@ -16,6 +16,12 @@ from ._state import State, to_plan
 
 #: ``auto`` runs the exact MILP when the instance has at most this many triples
 AUTO_MILP_MAX_TRIPLES = 30_000
+#: above this many triples ``milp`` runs HiGHS in a child process it can stop
+ISOLATE_MILP_TRIPLES = 30_000
+#: share of a ``milp`` run's budget for its heuristic incumbent, and for the
+#: Lagrangian bound (:func:`scheduler._milp.lagrangian_bound`)
+MILP_HEURISTIC_SHARE = 0.15
+MILP_LAGRANGIAN_SHARE = 0.1
 
 
 class SolverName(str, Enum):
@@ -47,6 +53,10 @@ def solve(
     ``churn_weight`` (in priority points): assignments that can stay, stay.
     ``solver.optimal`` means proven optimal for that (churn-penalised) objective;
     ``solver.bound`` is an upper bound on the sum of served priorities.
+    ``milp`` first takes a heuristic incumbent and a Lagrangian bound (a quarter of
+    the budget at most), then gives HiGHS the rest (above ``ISOLATE_MILP_TRIPLES`` in a
+    child process stopped at the limit); it returns the better plan and the smaller
+    bound, so a gap is known even when HiGHS returns nothing.
     ``previous_plan`` is an alias of ``previous``. ``extensions`` are the knowledge
     graph's pins and exclusions (:mod:`scheduler._extensions`): pins are placed first,
     exclusions are never placed, and the checker verifies both.
@@ -85,7 +95,7 @@ def solve(
     else:
         small = prob.n_triples <= AUTO_MILP_MAX_TRIPLES
         if solver is SolverName.MILP or small:
-            from ._milp import solve_milp
+            from ._milp import lagrangian_bound, solve_milp, solve_milp_isolated
 
             heur: State | None = None
             if solver is SolverName.AUTO:
@@ -95,10 +105,28 @@ def solve(
                     prob, keep, w, deadline=time.perf_counter() + 0.25 * time_limit,
                     seed=seed, multistart=True,
                 )  # fmt: skip
+            else:
+                # an incumbent, and a Lagrangian bound that holds whatever HiGHS manages
+                # in its time (at city scale it may return nothing: the plan is then
+                # the heuristic's, its gap measured against this bound)
+                now = time.perf_counter()
+                heur = heuristic_solve(
+                    prob, keep, w, deadline=now + MILP_HEURISTIC_SHARE * time_limit, seed=seed
+                )
+                lag = lagrangian_bound(
+                    prob,
+                    target=heur.value,
+                    deadline=time.perf_counter() + MILP_LAGRANGIAN_SHARE * time_limit,
+                )
+                bound = min(trivial_bound, lag.bound)
             left = max(0.1, deadline - time.perf_counter())
-            res = solve_milp(prob, left, keep, w)
+            if prob.n_triples > ISOLATE_MILP_TRIPLES:
+                # HiGHS gets 85% of what is left; its process is stopped at 100%
+                res = solve_milp_isolated(prob, 0.85 * left, keep, w, grace=0.15 * left)
+            else:
+                res = solve_milp(prob, left, keep, w)
             if res.bound is not None:
-                bound = min(trivial_bound, res.bound)
+                bound = min(bound if bound is not None else trivial_bound, res.bound)
             cand = None
             if res.triples is not None:
                 cand = State(prob, keep, w)

@@ -54,6 +54,22 @@ def build_app() -> typer.Typer:
         add_completion=False,
     )
 
+    @app.callback()
+    def _global(
+        log_format: str | None = typer.Option(
+            None,
+            "--log-format",
+            help="logs of the service commands (serve, ingest, worker, schedule run): "
+            "text or json (one object per line); default CITYBRAIN_LOG_FORMAT, else text",
+        ),
+    ) -> None:
+        from cloud.core._logging import set_cli_format
+
+        try:
+            set_cli_format(log_format)
+        except ValueError as e:
+            raise fail(f"--log-format: {e}") from None
+
     @app.command()
     def version() -> None:
         """Print the citybrain version."""

@@ -1,4 +1,5 @@
-"""``citybrain fleet``: simulated edge fleets for scale and chaos tests.
+"""``citybrain fleet``: simulated edge fleets for scale and chaos tests, and the
+fleet-state mirror (``watch``, ``devices``, ``forget``; see :mod:`cloud.fleet`).
 
 The agents are real ``edge_agent`` agents (threads of this process) talking to
 a real broker; only their cameras are replaced by ``--source``.
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Simulated edge fleets (scale and chaos tests).", no_args_is_help=True)
+app = typer.Typer(
+    help="Simulated edge fleets; the fleet-state mirror (watch, devices, forget).",
+    no_args_is_help=True,
+)
 
 
 def _default_store_key() -> Path:
@@ -121,3 +125,93 @@ def simulate(
         final = fleet.summary()
         stopped = fleet.stop()
         typer.echo(json.dumps({"final": True, **(stopped or final)}, default=str))
+
+
+@app.command()
+def watch(
+    broker: str = typer.Option(
+        None, "--broker", help="mqtt://[user:pass@]host:port; default settings.mqtt_url"
+    ),
+    client_id: str = typer.Option(
+        "citybrain-fleet-1", "--client-id", help="MQTT client id (unique per running mirror)"
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning"),
+) -> None:
+    """Mirror every device's status, reported state, events and hard samples into
+    Redis (for /api/v1/devices, /api/v1/overview and the console) until stopped.
+    Several may run side by side: each message is counted once."""
+    from cloud.core._logging import configure_logging
+    from cloud.core.config import get_settings
+    from cloud.errors import InvalidInput
+    from cloud.fleet import FleetMirror, MirrorConfig
+    from cloud.ingest import parse_broker_url
+
+    configure_logging(level=log_level, service="fleet-watch")
+    settings = get_settings()
+    url = broker or settings.mqtt_url
+    try:
+        parse_broker_url(url)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="--broker") from None
+    _check_redis(settings.redis_url)
+    mirror = FleetMirror(settings, MirrorConfig(broker_url=url, client_id=client_id))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: mirror.request_stop())
+    typer.echo(
+        f"fleet watch {client_id}: {url} -> {settings.redis_url} ({settings.fleet_prefix})",
+        err=True,
+    )
+    mirror.run_forever()
+    typer.echo(f"fleet watch {client_id}: stopped {json.dumps(mirror.stats.as_dict())}", err=True)
+
+
+def _check_redis(url: str):  # type: ignore[no-untyped-def]
+    import redis
+
+    from cloud.errors import Unavailable
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as e:
+        client.close()
+        raise Unavailable(
+            f"Redis at {url} cannot be reached ({e}): start redis-server or set CITYBRAIN_REDIS_URL"
+        ) from None
+    return client
+
+
+@app.command("devices")
+def devices_cmd(
+    state: str = typer.Option(None, "--state", help="only online, offline or unknown devices"),
+) -> None:
+    """Print the mirrored devices, one JSON object a line."""
+    from cloud.core.config import get_settings
+    from cloud.errors import InvalidInput
+    from cloud.fleet import FleetStore
+
+    if state not in (None, "online", "offline", "unknown"):
+        raise InvalidInput(f"--state must be online, offline or unknown, got {state!r}")
+    settings = get_settings()
+    store = FleetStore(
+        _check_redis(settings.redis_url), settings.fleet_prefix, settings.fleet_history_min
+    )
+    for rec in store.all_records():
+        if state in (None, rec.state):
+            typer.echo(rec.model_dump_json())
+
+
+@app.command()
+def forget(device: str = typer.Argument(..., help="device id")) -> None:
+    """Drop a decommissioned device from the fleet state (it reappears if it reports)."""
+    from cloud.core.config import get_settings
+    from cloud.errors import NotFound
+    from cloud.fleet import FleetStore
+
+    settings = get_settings()
+    store = FleetStore(
+        _check_redis(settings.redis_url), settings.fleet_prefix, settings.fleet_history_min
+    )
+    if not store.forget(device):
+        raise NotFound(f"no device {device!r} in the fleet state")
+    typer.echo(f"forgot {device}")

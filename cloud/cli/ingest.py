@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 
 import typer
@@ -26,16 +25,17 @@ def register(app: typer.Typer) -> None:
             None, "--metrics-port", min=0, max=65535, help="serve Prometheus metrics here"
         ),
         log_level: str = typer.Option("info", "--log-level", help="debug | info | warning"),
+        device_prefix: str = typer.Option(
+            "", "--device-prefix", help="ingest only devices whose id starts with this"
+        ),
     ) -> None:
         """Consume hard samples from devices into the field_hard pools, exactly once."""
+        from cloud.core._logging import configure_logging
         from cloud.core.config import get_settings
         from cloud.errors import InvalidInput
         from cloud.ingest import HardSampleIngest, IngestConfig, parse_broker_url
 
-        logging.basicConfig(
-            level=getattr(logging, log_level.upper(), logging.INFO),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(level=log_level)
         settings = get_settings()
         url = broker or settings.mqtt_url
         try:
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
             batch_ms=batch_ms,
             receive_maximum=max(1000, 2 * batch_size),
             metrics_port=metrics_port,
+            device_prefix=device_prefix,
         )
         consumer = HardSampleIngest(settings, config)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -233,7 +233,6 @@ def run(
 ) -> None:
     """Re-planning service: device status, new versions, rollouts, policy changes and
     time-window edges -> re-solve with a churn penalty -> retained dev/{d}/desired."""
-    import logging
     import signal
     import threading
 
@@ -241,6 +240,7 @@ def run(
     from cloud.cli.graph import engine
     from cloud.cli.store import _errors as store_errors
     from cloud.cli.store import _store
+    from cloud.core._logging import configure_logging
     from cloud.core.config import get_settings
 
     if solver not in {s.value for s in sch.SolverName}:
@@ -253,7 +253,7 @@ def run(
         raise InvalidInput("--max-delay must be at least --debounce", field="--max-delay")
     settings = get_settings()
     url = mqtt_url or settings.mqtt_url
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(level="INFO")
     eng = engine()
     with store_errors():
         store = _store(announce_url=url)

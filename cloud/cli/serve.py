@@ -18,9 +18,11 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from cloud.api.main import create_app
+        from cloud.core._logging import configure_logging
         from cloud.core.config import get_settings
 
         settings = get_settings()
+        fmt = configure_logging(level=log_level)
         app = create_app(settings)
         uvicorn.run(
             app,
@@ -28,4 +30,6 @@ def register(app: typer.Typer) -> None:
             port=port or settings.api_port,
             log_level=log_level,
             proxy_headers=False,
+            # json: uvicorn's loggers propagate to the root handler instead of their own
+            **({"log_config": None} if fmt == "json" else {}),
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 
@@ -29,14 +27,12 @@ def register(app: typer.Typer) -> None:
         """Run queued tasks (import, training, ...) until SIGTERM / Ctrl-C."""
         import redis
 
+        from cloud.core._logging import configure_logging
         from cloud.core.config import get_settings
         from cloud.errors import Unavailable
         from cloud.jobs import Worker, load_handlers, registered_handlers
 
-        logging.basicConfig(
-            level=getattr(logging, log_level.upper(), logging.INFO),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(level=log_level)
         settings = get_settings()
         table = load_handlers(handlers) if handlers else registered_handlers()
         w = Worker(settings, table, name=name)

@@ -59,7 +59,7 @@ def render(
 
 @router.get("/", response_class=HTMLResponse)
 def home() -> Response:
-    return RedirectResponse("/datasets", status_code=303)
+    return RedirectResponse("/overview", status_code=303)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -261,6 +261,15 @@ def mount_console(app: FastAPI) -> None:
     from cloud.console._flywheel_pages import router as flywheel_router
 
     app.include_router(flywheel_router)
+    from cloud.console._ops_pages import router as ops_router
+
+    app.include_router(ops_router)
+    from cloud.console._graph_pages import router as graph_router
+
+    app.include_router(graph_router)
+    from cloud.console._policy_pages import router as policy_router
+
+    app.include_router(policy_router)
     prev_citybrain = app.exception_handlers.get(CitybrainError)
 
     async def on_login_redirect(request: Request, exc: Exception) -> Response:

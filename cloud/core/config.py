@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,11 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="address `citybrain serve` binds")
     api_port: int = Field(default=8000, ge=1, le=65535, description="port `citybrain serve` binds")
     max_upload_mb: int = Field(default=512, gt=0, description="largest accepted upload body")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="service logs (serve, ingest, worker, schedule run): text, or json "
+        "(one object per line: ts, level, logger, msg, extra fields); --log-format overrides",
+    )
     store_key_file: Path | None = Field(
         default=None, description="ed25519 private key of the store; default <data_dir>/store/key"
     )
@@ -48,6 +54,27 @@ class Settings(BaseSettings):
     )
     events_channel: str = Field(
         default="citybrain:events", min_length=1, description="Redis pub/sub channel of live events"
+    )
+    fleet_prefix: str = Field(
+        default="citybrain:fleet", min_length=1, description="Redis key prefix of the fleet state"
+    )
+    fleet_history_min: int = Field(
+        default=60, ge=2, le=1440, description="minutes of per-minute fleet counters kept"
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster that heavy jobs fan out to (host:port, auto or "
+        "ray://host:10001); unset: RAY_ADDRESS, else a local ray.init()",
+    )
+    ray_min_samples: int = Field(
+        default=10_000,
+        ge=0,
+        description="embedding jobs with fewer missing samples run in-process, not on Ray",
+    )
+    ray_blob_paths: bool = Field(
+        default=False,
+        description="Ray workers read blob files by path (the data dir is mounted at the "
+        "same path on every node) instead of receiving the image bytes",
     )
 
     @field_validator("data_dir", mode="after")

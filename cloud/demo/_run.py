@@ -278,7 +278,7 @@ class Demo:
 
     def _clear_retained(self) -> None:
         """Leave no retained device state of a headless run on a shared broker
-        (a restart republishes the desired states in stage f anyway)."""
+        (on a restart the re-planning service republishes its saved desired states)."""
         from edge_agent.protocol import Topics
 
         try:
@@ -308,6 +308,10 @@ class Demo:
         self.store = st.AlgorithmStore(
             self.settings.store_dir, private_key=st.load_private_key(key), announcer=announcer
         )
+        from cloud.fleet import FleetMirror, MirrorConfig  # devices on /overview, /devices
+
+        fleet = MirrorConfig(broker_url=self.settings.mqtt_url, client_id=f"demo-fleet-{self.tag}")
+        self.stoppers.append(("fleet mirror", FleetMirror(self.settings, fleet).start().stop))
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -639,37 +643,38 @@ class Demo:
             self.state.finish("train_v1", {"version": self.v1, "holdout_accuracy": acc})
 
     # ------------------------------------------------------------------ f: schedule
-    def _plan_and_publish(self) -> dict[str, Any]:
-        import knowledge_graph as kg
+    def _start_planner(self) -> None:
+        """The real re-planning service (``citybrain schedule run``), in-process: it
+        places the algorithm as devices come online and rebuilds the desired states
+        when a version moves on ``stable`` (that is what hot-swaps the agents to v2)."""
         import scheduler
-        from edge_agent.protocol import Topics, encode
 
-        graph = kg.load(self.catalog.engine)
-        vi = self.store.version(ALGORITHM, self.store.channels(ALGORITHM)["stable"])
-        graph.add_algorithm_from_manifest(vi.manifest)
-        kg.save(graph, self.catalog.engine)
-        instance = scheduler.parse_instance(kg.export_instance(graph))
-        plan = scheduler.solve(instance, time_limit=10.0)
-        violations = scheduler.check_plan(instance, plan)
-        if violations:
-            raise DemoError(f"plan fails its check: {violations[0]}")
-        mine = [a for a in plan.assignments if a.device in self.device_cams]
-        if not mine:
-            raise DemoError(
-                f"the scheduler placed nothing on the demo devices: {plan.unserved[:3]}"
-            )
-        rev = int(time.time())
-        states = scheduler.plan_to_desired(
-            plan, self.store, channel="stable", sources=self.sources,
-            previous_revisions={d: rev for d in self.devices}, devices=self.devices,
+        self.planner = scheduler.ReplanService(
+            engine=self.catalog.engine, store=self.store, mqtt_url=self.settings.mqtt_url,
+            state_path=self.data_dir / "replan-state.json", channel="stable", time_limit=5.0,
+            window_s=0.5, max_delay_s=2.0, offline_grace_s=30.0, device_min_interval_s=1.0,
+            poll_s=1.0, client_id=f"demo-replan-{self.tag}",
         )  # fmt: skip
-        self._publish_retained({Topics.desired(d): encode(states[d]) for d in self.devices})
-        self.desired = {d: states[d].revision for d in self.devices}
+        try:
+            self.planner.start()
+        except scheduler.SchedulerError as e:
+            raise DemoError(f"re-planning service: {e}") from None
+        self.stoppers.append(("re-planning service", self.planner.stop))
+
+    def _planned(self) -> list[Any]:
+        plan = self.planner.state.plan
+        return [a for a in plan.assignments if a.device in self.device_cams] if plan else []
+
+    def _say_plan(self) -> None:
+        plan = self.planner.state.plan
+        mine = self._planned()
+        if plan is None or not mine:
+            return
         self.n.say(f"plan: {len(mine)} assignments on {len({a.device for a in mine})} devices "
-                   f"({plan.solver.name}, objective {plan.objective:g}); desired states published (retained)")  # fmt: skip
+                   f"({plan.solver.name}, objective {plan.objective:g}); desired states published "
+                   "(retained) by the re-planning service")  # fmt: skip
         for a in mine:
             self.n.say(f"  {a.camera} -> {a.algorithm} {a.version} on {a.device}")
-        return {"assignments": len(mine), "revisions": self.desired}
 
     def _publish_retained(self, messages: dict[str, bytes]) -> None:
         import paho.mqtt.client as mqtt
@@ -688,8 +693,19 @@ class Demo:
             c.loop_stop()
 
     def stage_schedule(self) -> None:
-        with self.n.stage("f", "schedule: place the algorithm on 3 edge devices"):
-            self.state.finish("schedule", self._plan_and_publish())
+        import knowledge_graph as kg
+
+        with self.n.stage("f", "schedule: the re-planning service places the algorithm"):
+            if self.state.done("schedule") is None:
+                graph = kg.load(self.catalog.engine)
+                vi = self.store.version(ALGORITHM, self.store.channels(ALGORITHM)["stable"])
+                graph.add_algorithm_from_manifest(vi.manifest)
+                kg.save(graph, self.catalog.engine)
+                self.n.say(f"{ALGORITHM} entered the knowledge graph from its store manifest")
+            self._start_planner()
+            self.n.say("re-planning service running: it places algorithms on devices as they "
+                       "come online and follows the 'stable' channel")  # fmt: skip
+            self.state.finish("schedule", {"state": str(self.planner.state_path)})
 
     # ------------------------------------------------------------------ g: agents
     def _start_agents(self) -> None:
@@ -717,9 +733,11 @@ class Demo:
     def _wait_agents(self, version: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            want = self.planner.state.revisions()
             ready = [
                 d for d, a in self.fleet.agents.items()
-                if a.applied_revision >= self.desired[d] and any(k[1] == version for k in a.models)
+                if d in want and a.applied_revision >= want[d]
+                and any(k[1] == version for k in a.models)
             ]  # fmt: skip
             if len(ready) == len(self.devices):
                 return
@@ -736,7 +754,7 @@ class Demo:
         with self.n.stage("g", f"start 3 edge agents; wait until they report {want} loaded"):
             ing = HardSampleIngest(self.settings, IngestConfig(
                 broker_url=self.settings.mqtt_url, client_id=f"demo-ingest-{self.tag}",
-                group=f"demo{self.tag}", batch_ms=200,
+                group=f"demo{self.tag}", batch_ms=200, device_prefix=f"demo{self.tag}-",
                 # devices re-send until a receipt names a sample, so the broker need not
                 # queue for this consumer long after the demo stopped
                 session_expiry_s=600))  # fmt: skip
@@ -748,6 +766,7 @@ class Demo:
                 raise DemoError("hard-sample ingest could not connect to the broker")
             self._start_agents()
             self._wait_agents(want)
+            self._say_plan()
             self.n.say(
                 f"all 3 agents run {ALGORITHM} {want} (ONNX Runtime, verified signature + golden)"
             )
@@ -881,8 +900,8 @@ class Demo:
     # ------------------------------------------------------------------ k: hot swap
     def stage_hot_swap(self) -> None:
         with self.n.stage("k", "agents hot-swap to v2"):
-            if not all(any(k[1] == self.v2 for k in a.models) for a in self.fleet.agents.values()):
-                self._plan_and_publish()
+            # promoting v2 to stable announced it; the re-planning service rebuilt the
+            # desired states from its plan, and the agents verify, warm and swap
             self._wait_agents(self.v2)
             frames = self.fleet.summary()["frames"]
             self.n.say(

@@ -623,3 +623,12 @@ def test_dockerfile_installs_the_cloud_extra() -> None:
     for d in re.findall(r"^COPY (\S+) ", text, re.M):
         assert (DEPLOY.parent / d).exists(), f"Dockerfile copies missing {d}"
     assert re.search(r"^USER ", text, re.M), "run as non-root"
+
+
+def test_the_example_edge_config_loads_as_the_agent_reads_it() -> None:
+    from edge_agent import load_config
+
+    cfg = load_config(DEPLOY / "systemd" / "edge.example.toml")
+    assert cfg.fetch_mode == "mqtt" and cfg.metrics_port == 9464 and cfg.log_format == "json"
+    assert cfg.hard.resend_budget_bytes_per_hour == 40 << 20
+    assert [s.kind for s in cfg.hard.selectors] == ["low_confidence", "likely_miss"]

@@ -6,9 +6,12 @@ from cloud.api.routes import (
     annotation_tasks,
     annotations,
     datasets,
+    devices,
     events,
+    graph,
     health,
     models,
+    policies,
     samples,
     tasks,
     tokens,
@@ -26,6 +29,9 @@ ROUTERS = [
     tasks.router,
     models.router,
     events.router,
+    devices.router,
+    graph.router,
+    policies.router,
 ]
 
 __all__ = ["ROUTERS"]
