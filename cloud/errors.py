@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class CitybrainError(Exception):
     """Base of every error the control plane reports to a user."""
@@ -70,3 +73,19 @@ __all__ = [
     "Unavailable",
     "UnsafeArchive",
 ]
+
+
+@contextmanager
+def graph_errors() -> Iterator[None]:
+    """Knowledge-graph errors become this tree (the one translation, used by the API
+    and the CLI): unknown node 404, duplicate node or stale graph 409, the rest 422."""
+    import knowledge_graph as kg
+
+    try:
+        yield
+    except kg.UnknownNode as e:
+        raise NotFound(e.message, field=e.field) from None
+    except (kg.DuplicateNode, kg.StaleGraph) as e:
+        raise Conflict(e.message, field=e.field) from None
+    except kg.GraphError as e:
+        raise InvalidInput(e.message, field=e.field) from None

@@ -14,7 +14,8 @@ from typing import Any
 
 import typer
 
-from cloud.errors import Conflict, InvalidInput, NotFound
+from cloud.errors import InvalidInput
+from cloud.errors import graph_errors as kg_errors
 
 app = typer.Typer(
     help="The city knowledge graph: scenes, events, cameras, devices, algorithms.",
@@ -34,21 +35,6 @@ def engine():  # type: ignore[no-untyped-def]
     eng = make_engine(get_settings().database_url)
     migrate(eng)
     return eng
-
-
-@contextmanager
-def kg_errors() -> Iterator[None]:
-    """Knowledge-graph errors become the cloud error tree (one line, exit 2)."""
-    import knowledge_graph as kg
-
-    try:
-        yield
-    except kg.UnknownNode as e:
-        raise NotFound(e.message, field=e.field) from None
-    except (kg.DuplicateNode, kg.StaleGraph) as e:
-        raise Conflict(e.message, field=e.field) from None
-    except kg.GraphError as e:
-        raise InvalidInput(e.message, field=e.field) from None
 
 
 @contextmanager

@@ -501,6 +501,9 @@ def test_containers_run_real_cli_commands_with_one_image(
         "citybrain-ingest",
         "citybrain-flywheel",
         "citybrain-serving",
+        "citybrain-planner",
+        "citybrain-chunks",
+        "citybrain-fleet",
     }
     assert len({c["image"] for _, c in ours}) == 1, "cloud containers use different images"
     for owner, c in ours:
@@ -580,7 +583,9 @@ def test_rayservice_applications_import_and_validate(
 def test_compose_file_is_consistent() -> None:
     doc = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     services = doc["services"]
-    assert set(services) == {"api", "worker", "ingest", "redis", "mosquitto", "postgres"}
+    assert set(services) == {
+        "api", "worker", "ingest", "planner", "chunks", "fleet", "redis", "mosquitto", "postgres"
+    }  # fmt: skip
     import typer.main
 
     from cloud.cli import build_app

@@ -23,8 +23,6 @@ the preview plan is cached per graph revision and set of active policies.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Any, Literal
@@ -34,7 +32,8 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import OperatorUser, ViewerUser
 from cloud.api.errors import ERROR_RESPONSES
-from cloud.errors import Conflict, InvalidInput, NotFound
+from cloud.errors import NotFound
+from cloud.errors import graph_errors as kg_errors
 
 router = APIRouter(tags=["graph"], responses=ERROR_RESPONSES)
 
@@ -50,21 +49,6 @@ _lock = threading.Lock()
 # ---------------------------------------------------------------------------
 # loading: the stored graph (cached per revision), the saved or preview plan
 # ---------------------------------------------------------------------------
-
-
-@contextmanager
-def kg_errors() -> Iterator[None]:
-    """Knowledge-graph errors become the cloud error tree."""
-    import knowledge_graph as kg
-
-    try:
-        yield
-    except kg.UnknownNode as e:
-        raise NotFound(e.message, field=e.field) from None
-    except (kg.DuplicateNode, kg.StaleGraph) as e:
-        raise Conflict(e.message, field=e.field) from None
-    except kg.GraphError as e:
-        raise InvalidInput(e.message, field=e.field) from None
 
 
 def load_graph(app: Any) -> Any:
