@@ -430,23 +430,6 @@ def _score_pool(
     return np.memmap(probs_path, dtype=np.float32, mode="r", shape=(n, c))
 
 
-class _ScoredRun(MiningRun):
-    """A :class:`MiningRun` whose probabilities were computed beforehand (by
-    the model's ONNX on images) into ``workdir/probs.f32``."""
-
-    def __init__(
-        self, workdir: Path, embeddings: np.ndarray, *, model_key: str, n_classes: int, **kw: Any
-    ) -> None:
-        super().__init__(workdir, embeddings, head=None, **kw)
-        self.spec["head"] = model_key
-        self.spec["n_classes"] = n_classes
-
-    def _open(self):  # type: ignore[no-untyped-def]
-        super()._open()  # refuses a checkpoint of another run
-        n, c = self.spec["n"], self.spec["n_classes"]
-        return np.memmap(self.dir / "probs.f32", dtype=np.float32, mode="r", shape=(n, c)), None
-
-
 def _pool_matrix(store, ids: Sequence[str], path: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The embeddings of ``ids`` as a float32 memmap at ``path``, copied in chunks."""
     mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(len(ids), store.dim))
@@ -681,16 +664,18 @@ def mine_dataset(
             "seed": seed,
             "labeled": labeled_pos,
             "labels": labels,
+            "class_names": classes,
             "excluded": excluded,
         }
         for attempt in range(2):
             try:
-                if probs is not None:
-                    run: MiningRun = _ScoredRun(
-                        workdir, emb, model_key=key["onnx"] or "", n_classes=len(classes), **kw
-                    )
-                else:
-                    run = MiningRun(workdir, emb, **kw)
+                run = MiningRun(
+                    workdir,
+                    emb,
+                    probs=probs,
+                    probs_key=None if probs is None else key["onnx"] or "",
+                    **kw,
+                )
                 sel = run.run()
                 break
             except RunConflict:

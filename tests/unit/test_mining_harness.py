@@ -155,6 +155,23 @@ def test_cli_simulate_writes_result_plot_and_table(monkeypatch, capsys, city, tm
     assert out.read_bytes() == before
 
 
+def test_cli_simulate_on_the_real_vtest_crop_excerpt(monkeypatch, capsys, tmp_path):
+    # real crops of vtest.avi (tests/data/vtest_crops, labels by rule; see its README)
+    data = Path(__file__).resolve().parents[1] / "data" / "vtest_crops"
+    out = tmp_path / "vtest.json"
+    code, stdout, err = _cli(
+        monkeypatch, capsys,
+        "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
+        "--budgets", "8,16,32", "--strategy", "auto", "--strategy", "random",
+        "--seeds", "2", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "120 images, 4 classes" in err
+    res = json.loads(out.read_text())
+    assert res["full_supervision"] > 0.8  # the rule's classes are learnable from the crops
+    assert list(res["curves"]["auto"]) == ["8", "16", "32"]
+
+
 @pytest.mark.slow
 def test_cli_simulate_with_self_supervised_pretraining_on_the_pool(
     monkeypatch, capsys, city, tmp_path

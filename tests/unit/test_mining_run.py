@@ -132,6 +132,48 @@ def test_run_without_model_needs_no_scoring(tmp_path, pool):
     assert not (tmp_path / "probs.f32").exists()
 
 
+def test_run_with_precomputed_probs_selects_by_them_and_keys_the_checkpoint(tmp_path, pool):
+    x, head = pool
+    n = x.shape[0]
+    probs = np.zeros((n, 3), dtype=np.float32)
+    probs[:, 0] = 1.0
+    hot = np.array([17, 1234, 4321])
+    probs[hot] = 1.0 / 3  # the only uncertain rows, e.g. from a model's ONNX on images
+    np.save(tmp_path / "probs.npy", probs)
+    pm = np.load(tmp_path / "probs.npy", mmap_mode="r")
+    work = tmp_path / "run"
+    run = MiningRun(work, x, budget=3, strategy="margin", probs=pm, probs_key="onnx:abc")
+    sel = run.run()
+    assert sorted(sel.indices.tolist()) == hot.tolist()
+    spec = json.loads((work / "run.json").read_text())
+    assert spec["head"] == "onnx:abc" and spec["n_classes"] == 3
+    assert not (work / "probs.f32").exists()  # nothing scored or copied
+    assert run.status() == {"scored_batches": 0, "n_batches": 0, "finished": True}
+    again = MiningRun(work, x, budget=3, strategy="margin", probs=pm, probs_key="onnx:abc")
+    assert np.array_equal(again.run().indices, sel.indices)
+    with pytest.raises(RunConflict, match="different mining run"):
+        MiningRun(work, x, budget=3, strategy="margin", probs=pm, probs_key="onnx:other").run()
+
+
+def test_precomputed_probs_are_checked(tmp_path, pool):
+    x, head = pool
+    good = np.full((x.shape[0], 2), 0.5, dtype=np.float32)
+    with pytest.raises(MiningInputError, match="not both"):
+        MiningRun(tmp_path, x, budget=3, head=head, probs=good, probs_key="k")
+    with pytest.raises(MiningInputError, match="shape"):
+        MiningRun(tmp_path, x, budget=3, probs=good[:10], probs_key="k")
+    with pytest.raises(MiningInputError, match="probs_key"):
+        MiningRun(tmp_path, x, budget=3, probs=good)
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_pool_state_keeps_each_label_with_its_index():
+    x = np.zeros((10, 2), dtype=np.float32)
+    st = PoolState(embeddings=x, labeled=[7, 2, 5, 2], labels=[1, 0, 3, 0])
+    assert st.labeled.tolist() == [2, 5, 7]
+    assert st.labels.tolist() == [0, 3, 1]
+
+
 def test_dedupe_against_drops_queued_and_repeats_keeping_order():
     keep = dedupe_against(["a", "b", "c", "b", "d", "a"], queued_ids={"c"})
     assert keep.tolist() == [True, True, False, False, True, False]

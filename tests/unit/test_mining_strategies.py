@@ -212,13 +212,75 @@ def test_auto_switches_regime_by_labels_per_class():
     x, y, centres = _blobs(n_per=100, k=4)
     probs = _softmax_probs(x, centres, temp=20.0)
     few = select("auto", PoolState(embeddings=x, labeled=np.arange(0, 400, 50), probs=probs), 10)
-    assert sum("[few labels: typicality]" in r for r in few.reasons) == 9
+    assert sum("[few labels (2.0/class): typicality]" in r for r in few.reasons) == 9
     assert sum("rare-event quota" in r for r in few.reasons) == 1
     lab = np.arange(0, 400, 4)  # 100 labels, 25 per class
     many = select("auto", PoolState(embeddings=x, labeled=lab, labels=y[lab], probs=probs), 10)
-    assert any("[many labels: uncertainty+diversity]" in r for r in many.reasons)
-    assert any(r.startswith("class quota") for r in many.reasons)
-    assert any("rare-event quota" in r for r in many.reasons)
+    assert sum("[many labels (25.0/class): uncertainty+diversity]" in r for r in many.reasons) == 9
+    assert sum("rare-event quota" in r for r in many.reasons) == 1
+    # balanced labels: no class is short, so no rare-class quota
+    assert not any("rare-class quota" in r for r in many.reasons)
+    cov = select(
+        "auto",
+        PoolState(embeddings=x, labeled=np.arange(0, 400, 50), probs=probs),
+        10,
+        low="probcover",
+    )
+    assert sum("[few labels (2.0/class): coverage]" in r for r in cov.reasons) == 9
+    with pytest.raises(MiningInputError, match="low must be"):
+        make_strategy("auto", low="badge")
+
+
+def _one_in_a_thousand(n_common: int = 19_980, n_rare: int = 20, d: int = 16, seed: int = 0):
+    """8 common classes and a rare class 9 at 1/1000 that sits *between* two
+    common clusters (not an outlier: k-center alone does not single it out)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3.0, size=(8, d))
+    y = np.concatenate([rng.integers(0, 8, size=n_common), np.full(n_rare, 8)])
+    rare_centre = (centres[0] + centres[1]) / 2
+    all_c = np.vstack([centres, rare_centre])
+    x = all_c[y] + rng.normal(0, 0.5, size=(y.size, d))
+    perm = rng.permutation(y.size)
+    return x[perm].astype(np.float32), y[perm], all_c
+
+
+def test_auto_rare_class_quota_labels_a_found_rare_class_up():
+    x, y, all_c = _one_in_a_thousand()
+    rare = np.flatnonzero(y == 8)
+    rng = np.random.default_rng(1)
+    labeled = np.concatenate(
+        [np.concatenate([rng.choice(np.flatnonzero(y == k), 10, replace=False) for k in range(8)]),
+         rare[:1]]
+    )  # fmt: skip
+    # a model trained on those labels: knows the rare class, but is seldom sure of it
+    probs = _softmax_probs(x, all_c, temp=8.0)
+    names = [f"common{k}" for k in range(8)] + ["fire"]
+    st = PoolState(embeddings=x, labeled=labeled, labels=y[labeled], probs=probs, class_names=names)
+    sel = select("auto", st, 20, seed=0)
+    assert any(r.startswith("rare-class quota: 'fire' has 1 labels") for r in sel.reasons)
+    quota = [i for i, r in zip(sel.indices, sel.reasons, strict=True) if "rare-class quota" in r]
+    assert len(quota) == 4  # class 9 has 1 label, half the mean (9.0) is 4.5: 4 more
+    assert np.isin(quota, rare).all()
+    assert any("nearest unlabeled neighbour" in r for r in sel.reasons)
+    assert any("model gives it p=" in r for r in sel.reasons)
+    # margin alone spends the budget on the boundary of the common classes
+    assert np.isin(select("margin", st, 20, seed=0).indices, rare).sum() < 4
+
+
+def test_simulated_rounds_find_a_one_in_a_thousand_class_within_budget():
+    from cloud.flywheel.mining import simulate
+
+    x, y, _ = _one_in_a_thousand(n_common=4_995, n_rare=5)
+    found: dict[tuple[str, int], int] = {}
+
+    def on_round(name, seed, budget, revealed, acc):
+        found[(name, seed)] = found.get((name, seed), 0) + int((revealed == 8).sum() > 0)
+
+    simulate(x, y, [20, 40, 80], ["auto", "random"], seeds=3, on_round=on_round)
+    # auto has the rare class labeled within 80 labels in every seed; random
+    # (P ≈ 1 - C(3996, 80) / C(4000, 80) ≈ 8% per seed) does not
+    assert all(found[("auto", s)] >= 1 for s in range(3))
+    assert sum(found[("random", s)] >= 1 for s in range(3)) <= 1
 
 
 def _rare_pool(n: int = 100_000, n_rare: int = 10, d: int = 16, seed: int = 0):

@@ -6,6 +6,11 @@ A :class:`MiningRun` lives in a directory: ``run.json`` (what the run is),
 once finished, ``selection.json``. Killing the process at any point loses at
 most the batch being scored; running the same run again resumes from the
 first unscored batch and returns the same selection.
+
+A run scores with a :class:`LinearHead` on the embeddings, or takes
+probabilities computed elsewhere (``probs=``, e.g. a model's ONNX on the
+images, with ``probs_key`` naming the model in the checkpoint), or has none
+(the cold start).
 """
 
 from __future__ import annotations
@@ -67,7 +72,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class MiningRun:
-    """Score the pool with ``head`` (checkpointed), then select ``budget`` samples."""
+    """Score the pool with ``head`` (checkpointed) or take precomputed ``probs``
+    (``[N, C]``, an ``np.memmap`` works; ``probs_key`` identifies the model that
+    made them), then select ``budget`` samples."""
 
     def __init__(
         self,
@@ -79,8 +86,11 @@ class MiningRun:
         strategy_cfg: dict | None = None,
         seed: int = 0,
         head: LinearHead | None = None,
+        probs: np.ndarray | None = None,
+        probs_key: str | None = None,
         labeled: Iterable[int] = (),
         labels: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
         excluded: Iterable[int] = (),
         batch: int = DEFAULT_BATCH,
         use_ray: bool = False,
@@ -93,8 +103,22 @@ class MiningRun:
         make_strategy(strategy, **self.strategy_cfg)  # fail before any compute
         self.seed = int(seed)
         self.head = head
+        if head is not None and probs is not None:
+            raise MiningInputError("give a head or precomputed probs, not both", field="probs")
+        if probs is not None and (probs.ndim != 2 or probs.shape[0] != embeddings.shape[0]):
+            raise MiningInputError(
+                f"probs must have shape [{embeddings.shape[0]}, C], got {probs.shape}",
+                field="probs",
+            )
+        if probs is not None and probs_key is None:
+            raise MiningInputError(
+                "precomputed probs need a probs_key naming the model that made them",
+                field="probs_key",
+            )
+        self.probs = probs
         self.labeled = np.asarray(list(labeled), dtype=np.int64)
         self.labels = None if labels is None else np.asarray(labels)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.excluded = np.asarray(list(excluded), dtype=np.int64)
         self.batch = int(batch)
         self.use_ray = use_ray
@@ -113,8 +137,10 @@ class MiningRun:
             "strategy": strategy,
             "strategy_cfg": self.strategy_cfg,
             "seed": self.seed,
-            "head": head.fingerprint() if head is not None else None,
-            "n_classes": head.n_classes if head is not None else None,
+            "head": head.fingerprint() if head is not None else probs_key,
+            "n_classes": head.n_classes
+            if head is not None
+            else (int(probs.shape[1]) if probs is not None else None),
             "labeled": hashlib.sha256(np.unique(self.labeled).tobytes()).hexdigest(),
             "excluded": hashlib.sha256(np.unique(self.excluded).tobytes()).hexdigest(),
             "batch": self.batch,
@@ -136,7 +162,7 @@ class MiningRun:
         else:
             _atomic_write(spec_path, json.dumps(self.spec, indent=1, sort_keys=True))
         if self.head is None:
-            return None, None
+            return self.probs, None
         n, c = self.spec["n"], self.spec["n_classes"]
         probs_path, done_path = self.dir / "probs.f32", self.dir / "done.u8"
         mode = "r+" if probs_path.exists() and done_path.exists() else "w+"
@@ -182,9 +208,10 @@ class MiningRun:
             embeddings=self.x,
             labeled=self.labeled,
             labels=self.labels,
+            class_names=self.class_names,
             excluded=self.excluded,
-            probs=None
-            if probs is None
+            probs=probs
+            if self.head is None
             else np.memmap(self.dir / "probs.f32", dtype=np.float32, mode="r", shape=probs.shape),
         )
         strat = make_strategy(self.strategy, **self.strategy_cfg)

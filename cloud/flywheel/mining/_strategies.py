@@ -35,24 +35,56 @@ outliers and its uncertainty estimates are themselves noise, so uncertainty
 sampling does worse than random (Hacohen et al. 2022 show the crossing on
 CIFAR/ImageNet; Yehuda et al. 2022 confirm it for coverage). In that regime the
 best labels are *typical* points that *cover* the data: one representative of
-every dense region. Once a few labels per class exist (here: fewer than
-``low_per_class`` labels per class means "few"), the model's uncertainty becomes
-informative and the best labels lie near the decision boundary, so ``auto``
-switches to uncertainty (margin) made diverse by clustering the most uncertain
-candidates (Zhdanov 2019 "diverse mini-batch active learning"; BADGE's insight
-that a batch must be uncertain *and* diverse).
+every dense region. ``auto`` uses TypiClust there (``low="probcover"`` is the
+alternative): k-means into ``|labeled| + budget`` clusters, then the most
+typical point of the cluster with the fewest labels, largest first. Its
+cluster-level round robin spreads the labels over the regions of the pool even
+when one class dominates it; ProbCover's greedy, which follows the number of
+not-yet-covered neighbours, spends a small budget on the densest class (on a
+dev set where one class is 63 % of the pool, ProbCover starts below random and
+needs 97 labels to TypiClust's 76 to reach 90 % of full supervision; on the
+balanced dev set the two tie, AULC 0.935 vs 0.940). Once ``low_per_class``
+labels per class exist (default 5: Hacohen et al. see the crossing at a few
+labels per class; on the dev set 3 and 8 made no clear difference), the model's
+uncertainty becomes informative and the best labels lie near the decision
+boundary, so ``auto`` switches to *cluster-margin*: the ``beta·budget``
+candidates with the smallest margin, clustered by k-means into ``budget``
+groups, the most uncertain of each group (Zhdanov 2019 "diverse mini-batch
+active learning"; Citovsky et al. 2021 "Batch active learning at scale"; BADGE's
+insight that a batch must be uncertain *and* diverse).
 
-Rare events: neither typicality nor uncertainty finds a class of 1/10,000 that
+``auto`` measures distances on the pool-standardised embeddings (per-dimension
+mean and deviation of the pool, no label used) — the space the cold-start head
+is trained in (both the harness's trainers and the Train button standardise), so
+coverage and diversity weigh dimensions as the model does. Pools over
+``standardize_max_bytes`` (256 MiB) are used as they are, to keep memory flat.
+
+Rare events: neither coverage nor uncertainty finds a class of 1/10,000 that
 the model has never seen — it is not dense and the model is confidently wrong
-on it. ``auto`` therefore reserves a novelty quota (``novelty`` share of the
-budget, at least one) for k-center picks over the pool's outliers, i.e. the
-points farthest from everything labeled or picked, and — once a model exists —
-per-predicted-class quotas so rare predicted classes get labels before the
-common ones get more.
+on it. ``auto`` therefore
+
+1. reserves a novelty quota (``novelty`` share of the budget, at least one) for
+   k-center picks over the pool's outliers and tiny clusters (the points
+   farthest from everything labeled or picked) — how an unseen class is first
+   found;
+2. once a model exists, a *rare-class quota* (at most ``class_quota`` of the
+   budget): every labeled class with fewer than ``rare_share`` × the mean labels
+   per class gets picks, alternately the candidate the model gives the highest
+   probability of that class and the unlabeled nearest neighbour of one of its
+   labeled samples — one found sample of a rare class quickly brings its
+   siblings, so the class is learnt rather than merely seen.
+
+The defaults were chosen on development sets — the synthetic city set drawn with
+seed 1 (balanced, and a subsample where ``car`` is 63 % of the pool) — and from
+the literature, not by searching them on the benchmark's sets (the
+standardisation was also checked once on digits; the imbalanced dev set was
+added after ``low="probcover"`` fell below random on the vtest crops, where one
+class is 73 %).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -60,6 +92,7 @@ import numpy as np
 
 from ._scale import (
     gather,
+    iter_batches,
     kcenter_candidates,
     kcenter_greedy,
     kmeans_assign,
@@ -355,12 +388,13 @@ def _probcover_select(
     purity: float,
     neighbours: int,
     sample_size: int,
+    name: str = "probcover",
 ) -> Selection:
     import faiss
     from scipy import sparse
 
     if budget == 0:
-        return Selection(np.zeros(0, np.int64), [], np.zeros(0), "probcover")
+        return Selection(np.zeros(0, np.int64), [], np.zeros(0), name)
     x = state.embeddings
     n = x.shape[0]
     covered = state.covered()
@@ -419,7 +453,7 @@ def _probcover_select(
         picks.extend(int(i) for i in extra)
         reasons.extend([f"pool fully covered at δ={delta:.3g}: random pick"] * rest)
         scores.extend([0.0] * rest)
-    return Selection(np.asarray(picks), reasons, np.asarray(scores), "probcover")
+    return Selection(np.asarray(picks), reasons, np.asarray(scores), name)
 
 
 def badge(sample_size: int = 50_000) -> Strategy:
@@ -509,51 +543,111 @@ def _diverse_uncertain(
     return Selection(picks, reasons, scores[picks], "auto")
 
 
-def _class_quota(state: PoolState, mask: np.ndarray, slots: int) -> Selection:
-    """One pick for each of the ``slots`` rarest predicted classes: its most
-    uncertain candidate (rare classes get labels before common ones get more)."""
+def _label_counts(state: PoolState, c: int) -> np.ndarray:
+    """Labels per class (``[c]``); zeros when the labels are unknown."""
+    lab = state.labels
+    if lab is None or not lab.size or not np.issubdtype(lab.dtype, np.integer):
+        return np.zeros(c, dtype=np.int64)
+    return np.bincount(lab[(lab >= 0) & (lab < c)], minlength=c).astype(np.int64)
+
+
+def _rare_class_quota(
+    state: PoolState, mask: np.ndarray, slots: int, rare_share: float
+) -> Selection:
+    """Picks for the labeled classes that have fewer than ``rare_share`` × the
+    mean labels per labeled class, rarest first, until each reaches that share
+    or ``slots`` run out. Each class alternates two sources of likely members:
+    the candidate the model gives the highest probability of that class, and the
+    unlabeled candidate nearest to one of the class's labeled samples. A rare
+    class is thus labeled up to a usable share as soon as one sample is found,
+    instead of waiting for its members to become uncertain."""
     assert state.probs is not None
-    if slots <= 0:
-        return Selection(np.zeros(0, np.int64), [], np.zeros(0), "auto")
-    n = state.n
-    c = state.probs.shape[1]
-    pred = np.empty(n, dtype=np.int64)
-    for s in range(0, n, 65_536):
-        pred[s : s + 65_536] = np.asarray(state.probs[s : s + 65_536]).argmax(axis=1)
-    counts = np.bincount(pred, minlength=c)
-    lab_counts = np.zeros(c, dtype=np.int64)
-    if (
-        state.labels is not None
-        and state.labels.size
-        and np.issubdtype(state.labels.dtype, np.integer)
-    ):
-        lab_counts = np.bincount(state.labels[state.labels < c], minlength=c)
-    present = np.flatnonzero(np.bincount(pred[mask], minlength=c) > 0)
-    # rarest first: fewest labels, then fewest predictions
-    present = present[np.lexsort((counts[present], lab_counts[present]))][:slots]
-    unc = uncertainty_scores(state.probs, "margin")
-    picks, reasons, scores = [], [], []
-    for k in present:
-        cand = np.flatnonzero((pred == k) & mask)
-        j = int(cand[np.argmax(unc[cand])])
-        picks.append(j)
-        reasons.append(
-            f"class quota: predicted class {k} is rare ({counts[k]:,} predicted, "
-            f"{lab_counts[k]} labeled)"
-        )
-        scores.append(float(unc[j]))
+    none = Selection(np.zeros(0, np.int64), [], np.zeros(0), "auto")
+    c = int(state.probs.shape[1])
+    counts = _label_counts(state, c)
+    present = np.flatnonzero(counts > 0)
+    if slots <= 0 or present.size < 2:
+        return none
+    goal = rare_share * counts[present].mean()
+    need = {int(k): math.ceil(goal - counts[k]) for k in present if counts[k] < goal}
+    if not need:
+        return none
+    free = mask.copy()
+    labels = np.asarray(state.labels)
+    picks: list[int] = []
+    reasons: list[str] = []
+    scores: list[float] = []
+    for k in sorted(need, key=lambda k: (counts[k], k)):
+        pk = np.empty(state.n, dtype=np.float64)
+        for s, e in iter_batches(state.n):
+            pk[s:e] = np.asarray(state.probs[s:e, k], dtype=np.float64)
+        members = state.labeled[labels == k]
+        near, _ = nearest_distance(state.embeddings, gather(state.embeddings, members))
+        want = min(2 * need[k], int(free.sum()))
+        by_prob = top_k(np.where(free, pk, -np.inf), want)
+        by_near = top_k(np.where(free, -near, -np.inf), want)
+        ip = iq = 0
+        name = state.class_name(k)
+        for t in range(min(need[k], slots - len(picks))):
+            use_prob = t % 2 == 0
+            order = by_prob if use_prob else by_near
+            pos = ip if use_prob else iq
+            while pos < order.size and not free[order[pos]]:
+                pos += 1
+            if pos >= order.size:
+                break
+            j = int(order[pos])
+            if use_prob:
+                ip = pos + 1
+                why = f"model gives it p={pk[j]:.2f} of being {name}"
+            else:
+                iq = pos + 1
+                why = f"nearest unlabeled neighbour ({near[j]:.3g}) of a labeled {name} sample"
+            free[j] = False
+            picks.append(j)
+            reasons.append(
+                f"rare-class quota: {name} has {counts[k]} labels (mean "
+                f"{counts[present].mean():.1f} per class); {why}"
+            )
+            scores.append(float(pk[j]))
+        if len(picks) >= slots:
+            break
     return Selection(np.asarray(picks, dtype=np.int64), reasons, np.asarray(scores), "auto")
 
 
+def _standardized(state: PoolState) -> PoolState:
+    """The same state with the embeddings standardised by the pool's own
+    per-dimension mean and deviation (no label used): the space the cold-start
+    head is trained in, so distances weigh every dimension as the model does."""
+    x = state.embeddings
+    d = x.shape[1]
+    s1 = np.zeros(d, dtype=np.float64)
+    s2 = np.zeros(d, dtype=np.float64)
+    for s, e in iter_batches(state.n):
+        b = np.asarray(x[s:e], dtype=np.float64)
+        s1 += b.sum(axis=0)
+        s2 += (b * b).sum(axis=0)
+    mu = s1 / state.n
+    sd = np.sqrt(np.maximum(s2 / state.n - mu * mu, 0.0)) + 1e-6
+    z = (np.asarray(x, dtype=np.float32) - mu.astype(np.float32)) / sd.astype(np.float32)
+    return dataclasses.replace(state, embeddings=z.astype(np.float32, copy=False))
+
+
 def auto(
-    low_per_class: int = 5,
+    low_per_class: float = 5.0,
     novelty: float = 0.1,
     class_quota: float = 0.2,
+    rare_share: float = 0.5,
+    low: str = "typiclust",
     default_classes: int = 10,
     beta: int = 10,
     exact_below: int = 30_000,
+    standardize: bool = True,
+    standardize_max_bytes: int = 256 << 20,
 ) -> Strategy:
     """Hybrid by label-budget regime, with rare-event quotas (see module doc)."""
+    if low not in ("probcover", "typiclust"):
+        raise MiningInputError(f"low must be probcover or typiclust, got {low!r}", field="low")
 
     def select(state: PoolState, budget: int, rng: np.random.Generator) -> Selection:
         mask = _candidates(state, budget)
@@ -568,22 +662,29 @@ def auto(
             )
             or default_classes
         )
-        few = state.probs is None or state.labeled.size < low_per_class * n_classes
+        if standardize and state.n * state.embeddings.shape[1] * 4 <= standardize_max_bytes:
+            state = _standardized(state)
+        per_class = state.labeled.size / n_classes
+        few = state.probs is None or per_class < low_per_class
         n_novel = min(budget, max(1, round(novelty * budget))) if budget >= 2 else 0
         parts: list[Selection] = []
         m = mask.copy()
-        if not few:
-            n_quota = min(budget - n_novel, int(class_quota * budget))
-            q = _class_quota(state, m, n_quota)
+        if state.probs is not None:
+            q = _rare_class_quota(
+                state, m, min(budget - n_novel, int(class_quota * budget)), rare_share
+            )
             m[q.indices] = False
             parts.append(q)
-            main = _diverse_uncertain(state, m, budget - n_novel - len(q), rng, beta)
-            tag = "[many labels: uncertainty+diversity] "
+        rest = budget - n_novel - sum(len(p) for p in parts)
+        if not few:
+            main = _diverse_uncertain(state, m, rest, rng, beta)
+            tag = f"[many labels ({per_class:.1f}/class): uncertainty+diversity] "
+        elif low == "probcover":
+            main = _probcover_select(state, m, rest, rng, None, 0.95, 512, 20_000, name="auto")
+            tag = f"[few labels ({per_class:.1f}/class): coverage] "
         else:
-            main = _typiclust_select(
-                state, m, budget - n_novel, rng, 20, 5, 50_000, 1_000, 300, name="auto"
-            )
-            tag = "[few labels: typicality] "
+            main = _typiclust_select(state, m, rest, rng, 20, 5, 50_000, 1_000, 300, name="auto")
+            tag = f"[few labels ({per_class:.1f}/class): typicality] "
         main.reasons = [tag + r for r in main.reasons]
         parts.append(main)
         m[main.indices] = False
@@ -599,8 +700,7 @@ def auto(
             novelty=True,
         )
         parts.append(nov)
-        sel = Selection.concat(parts, "auto")
-        return sel
+        return Selection.concat(parts, "auto")
 
     return select
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +40,10 @@ class PoolState:
     ``penultimate``: optional inputs of the model's last linear layer ``[N, H]``
     for BADGE; the embeddings are used when absent (a linear head on frozen
     embeddings, the cold-start model). ``labeled``: indices with labels;
-    ``labels``: their classes (optional, same order). ``excluded``: indices that
-    must not be chosen (already queued for annotation).
+    ``labels``: their classes (optional, in the order given; both are stored
+    sorted by index). ``excluded``: indices that must not be chosen (already
+    queued for annotation). ``class_names``: optional names of the probability
+    columns, for the reasons annotators read.
     """
 
     embeddings: np.ndarray
@@ -51,6 +53,7 @@ class PoolState:
     labels: np.ndarray | None = None
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_classes: int | None = None
+    class_names: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         e = self.embeddings
@@ -61,6 +64,13 @@ class PoolState:
         n = e.shape[0]
         if n == 0:
             raise MiningInputError("the pool is empty: no embeddings", field="embeddings")
+        if self.labels is not None:
+            raw = np.asarray(self.labeled, dtype=np.int64).ravel()
+            self.labels = np.asarray(self.labels)
+            if self.labels.shape != raw.shape:
+                raise MiningInputError("labels must match labeled one to one", field="labels")
+            # ``labeled`` is kept sorted and unique: keep each label with its index
+            self.labels = self.labels[np.unique(raw, return_index=True)[1]]
         self.labeled = _as_index(self.labeled, n, "labeled")
         self.excluded = _as_index(self.excluded, n, "excluded")
         for name in ("probs", "penultimate"):
@@ -69,16 +79,18 @@ class PoolState:
                 raise MiningInputError(
                     f"{name} must have shape [{n}, *], got {a.shape}", field=name
                 )
-        if self.labels is not None:
-            self.labels = np.asarray(self.labels)
-            if self.labels.shape != self.labeled.shape:
-                raise MiningInputError("labels must match labeled one to one", field="labels")
         if self.n_classes is None and self.probs is not None:
             self.n_classes = int(self.probs.shape[1])
 
     @property
     def n(self) -> int:
         return int(self.embeddings.shape[0])
+
+    def class_name(self, k: int) -> str:
+        """Name of class column ``k`` (``"class k"`` without names)."""
+        if self.class_names is not None and 0 <= k < len(self.class_names):
+            return repr(str(self.class_names[k]))
+        return f"class {k}"
 
     def covered(self) -> np.ndarray:
         """Indices already labeled or queued (sorted, unique)."""
