@@ -203,6 +203,24 @@ def bar(fraction: float | None) -> dict[str, Any]:
     return {"w": round(240 * min(1.0, max(0.0, f)), 1), "cls": cls, "pct": round(100 * f)}
 
 
+def _desired_versions(app: Any) -> dict[tuple[str, str, str], str]:
+    """(device, camera, algorithm) -> the version the saved desired states send: the
+    plan keeps the version it was made with, while a version moving on the channel
+    (a hot swap) only rebuilds the desired states."""
+    import scheduler as sch
+    from cloud.api.routes.graph import state_path
+
+    try:
+        state = sch.load_state(state_path(app))
+    except (ValueError, OSError):
+        return {}
+    return {
+        (d, a.stream, a.algorithm): a.version
+        for d, st in state.desired.items()
+        for a in st.assignments
+    }
+
+
 @router.get("/assignments", response_class=HTMLResponse)
 def assignments_page(
     request: Request,
@@ -224,6 +242,7 @@ def assignments_page(
         limit=per_page,
     )
     pages = max(1, -(-view.devices_total // per_page))
+    desired = _desired_versions(request.app) if view.source.kind == "saved" else {}
     current = {
         k: v
         for k, v in {"preview": preview or None, "device": device, "camera": camera}.items()
@@ -239,6 +258,7 @@ def assignments_page(
         user,
         view=view,
         bar=bar,
+        desired=desired,
         preview=bool(preview),
         filters=current,
         page_no=page,

@@ -95,7 +95,7 @@ class Narrator:
         if not headless:
             from rich.console import Console
 
-            self.console = Console()
+            self.console = Console(soft_wrap=True)  # piped output: one line per message
         self.timings: dict[str, float] = {}
 
     def say(self, msg: str) -> None:
