@@ -97,6 +97,7 @@ class ReplanService:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = datetime.now,
         client_id: str | None = None,
+        sync_algorithms: bool = True,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -110,6 +111,9 @@ class ReplanService:
         self.clock = clock
         self.wall_clock = wall_clock
         self.client_id = client_id or f"cb-replan-{uuid.uuid4().hex[:8]}"
+        #: enter announced algorithms into the graph from their store manifests
+        self.sync_algorithms = sync_algorithms
+        self._to_sync: set[str] = set()
         self.debouncer = Debouncer(
             window_s=window_s,
             max_delay_s=max_delay_s,
@@ -231,7 +235,11 @@ class ReplanService:
                 self.debouncer.device_status(st.device, st.state == "online")
         elif topic.startswith(Topics.ALL_ANNOUNCE[:-1]):
             alg = topic.rsplit("/", 1)[-1]
-            if alg in self._graph_algorithms and decode(payload, Announcement):
+            ann = decode(payload, Announcement)
+            if self.sync_algorithms and self.channel in ann.channels:
+                with self._lock:  # the graph is written on the service thread
+                    self._to_sync.add(alg)
+            elif alg in self._graph_algorithms:
                 with self._lock:
                     self.debouncer.trigger(f"announcement of {alg}", resolve=False)
         elif topic.endswith("/reported"):
@@ -287,8 +295,11 @@ class ReplanService:
             self._republish_saved()
         with self._lock:
             reports, self._reports = self._reports, []
+            to_sync, self._to_sync = self._to_sync, set()
         for rep in reports:
             self._on_reported(rep)
+        if to_sync:
+            self._sync_algorithms(to_sync)
         now = self.clock()
         if now >= self._next_poll:
             self._next_poll = now + self.poll_s
@@ -313,6 +324,54 @@ class ReplanService:
             if not first:
                 with self._lock:
                     self.debouncer.trigger(f"graph/policies revision {rev}")
+
+    def _sync_algorithms(self, algorithms: set[str]) -> None:
+        """Algorithms enter (or are updated in) the graph from the store manifest of the
+        version on ``channel``: a new algorithm, or a newer version (its scenes, detected
+        events, fps and cost profiles may have changed), saves the graph, whose new
+        revision triggers a re-plan; an unchanged one only refreshes the desired states
+        (the channel may point elsewhere, e.g. after a rollback)."""
+        import knowledge_graph as kg
+
+        graph = kg.load(self.engine)
+        changed: list[str] = []
+        for alg in sorted(algorithms):
+            try:
+                version = self.store.channels(alg).get(self.channel)
+                if version is None:
+                    continue
+                manifest = self.store.version(alg, version).manifest
+            except Exception as e:  # noqa: BLE001 - a bad store entry must not stop the loop
+                log.error("announced %s: cannot read its manifest from the store: %s", alg, e)
+                continue
+            known = (
+                graph.node(kg.NodeType.ALGORITHM, alg)
+                if graph.has(kg.NodeType.ALGORITHM, alg)
+                else None
+            )
+            if known is not None and known.get("version") == manifest.version:
+                with self._lock:
+                    self.debouncer.trigger(f"announcement of {alg}", resolve=False)
+                continue
+            try:
+                created = graph.add_algorithm_from_manifest(manifest)
+            except kg.GraphError as e:
+                log.error("announced %s %s not entered into the graph: %s", alg, version, e)
+                continue
+            changed.append(f"{alg} {manifest.version}")
+            if created:
+                log.info("%s created graph nodes %s", alg, created)
+        if changed:
+            try:
+                kg.save(graph, self.engine)
+            except kg.StaleGraph:  # someone saved meanwhile: try again on the next tick
+                with self._lock:
+                    self._to_sync |= algorithms
+                return
+            log.info("algorithms entered from the store: %s", ", ".join(changed))
+            self._refresh_graph_index()
+            with self._lock:
+                self.debouncer.trigger("store: " + ", ".join(changed))
 
     def _refresh_graph_index(self) -> Any:
         import knowledge_graph as kg

@@ -295,3 +295,78 @@ def test_a_broker_restart_gets_the_desired_states_back(data_dir: Path, tmp_path:
         broker.terminate()
         broker.wait(10)
         engine.dispose()
+
+
+def test_announced_algorithms_enter_the_graph_and_get_placed(
+    data_dir: Path, mqtt_port: int, tmp_path: Path
+) -> None:
+    """Issue 7: algorithms enter the graph from their store manifests automatically. The
+    graph knows scenes, events, cameras, devices and a policy but no algorithm; publishing
+    one to ``stable`` (announced over MQTT) enters it and places it; a newer version on
+    the channel updates the graph and the desired states."""
+    from cloud.catalog.db import make_engine, migrate
+    from cloud.core.config import get_settings
+
+    tag = uuid.uuid4().hex[:8]
+    algo, dev, cam = f"autocars-{tag}", f"rpa-{tag}", f"rpacam-{tag}"
+    engine = make_engine(get_settings().database_url)
+    migrate(engine)
+    g = kg.CityGraph()
+    g.add_scene("street")
+    g.add_event("car_event")
+    g.add_camera(cam, zone="city/a", scenes=["street"], source=f"/data/{cam}.avi")
+    g.add_device(dev, target="cpu-x86", ms_per_s=1000, mem_mb=500, streams=4, reaches=[cam])
+    g.add_policy(kg.Policy(id="watch-cars", zone="city", events=["car_event"], priority=3))
+    kg.save(g, engine)
+    key = st.load_private_key(st.keygen(tmp_path / "keys"))
+    announcer = st.MqttAnnouncer(f"mqtt://127.0.0.1:{mqtt_port}")
+    store = st.AlgorithmStore(tmp_path / "store", private_key=key, announcer=announcer)
+
+    def publish(version: str) -> None:
+        pkg = st.build_package(
+            tiny_classifier_onnx(tmp_path / "src" / f"{version}.onnx"),
+            id=algo,
+            version=version,
+            private_key=key,
+            out_dir=tmp_path / "out",
+            fps=2,
+            **tiny_package_kwargs(scenes=["street"], detects=["car_event"]),
+        )
+        store.publish(pkg.archive, channel="stable")
+
+    w = Watcher(mqtt_port, [dev])
+    svc = sch.ReplanService(
+        engine=engine,
+        store=store,
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+        state_path=data_dir / "replan-state.json",
+        window_s=0.3,
+        max_delay_s=2.0,
+        device_min_interval_s=0.5,
+        poll_s=0.5,
+        time_limit=2.0,
+    )
+    try:
+        svc.start()
+        w.status(dev, "online")
+        publish("1.0.0")
+        w.wait(lambda: bool(w.desired[dev]) and bool(w.last(dev).assignments))
+        a = w.last(dev).assignments[0]
+        assert (a.stream, a.algorithm, a.version) == (cam, algo, "1.0.0")
+        node = kg.load(engine).node(kg.NodeType.ALGORITHM, algo)
+        assert node["version"] == "1.0.0" and node["fps"] == 2
+        publish("1.1.0")
+        w.wait(lambda: w.last(dev).assignments[0].version == "1.1.0")
+        assert kg.load(engine).node(kg.NodeType.ALGORITHM, algo)["version"] == "1.1.0"
+        assert all(r.error is None for r in svc.history), [r.error for r in svc.history]
+    finally:
+        svc.stop()
+        w.cleanup()
+        announcer.close()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.connect("127.0.0.1", mqtt_port)
+        c.loop_start()
+        c.publish(Topics.announce(algo), b"", qos=1, retain=True).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+        engine.dispose()
