@@ -236,12 +236,11 @@ class ReplanService:
         elif topic.startswith(Topics.ALL_ANNOUNCE[:-1]):
             alg = topic.rsplit("/", 1)[-1]
             ann = decode(payload, Announcement)
-            if self.sync_algorithms and self.channel in ann.channels:
-                with self._lock:  # the graph is written on the service thread
-                    self._to_sync.add(alg)
-            elif alg in self._graph_algorithms:
-                with self._lock:
+            with self._lock:
+                if alg in self._graph_algorithms:
                     self.debouncer.trigger(f"announcement of {alg}", resolve=False)
+                if self.sync_algorithms and self.channel in ann.channels:
+                    self._to_sync.add(alg)  # the graph is written on the service thread
         elif topic.endswith("/reported"):
             rep = decode(payload, ReportedState)
             if rep.device not in self._graph_devices:
@@ -327,51 +326,60 @@ class ReplanService:
 
     def _sync_algorithms(self, algorithms: set[str]) -> None:
         """Algorithms enter (or are updated in) the graph from the store manifest of the
-        version on ``channel``: a new algorithm, or a newer version (its scenes, detected
-        events, fps and cost profiles may have changed), saves the graph, whose new
-        revision triggers a re-plan; an unchanged one only refreshes the desired states
-        (the channel may point elsewhere, e.g. after a rollback)."""
+        version on ``channel``. A new algorithm, or a version whose scenes, detected
+        events, fps or cost profiles differ, saves the graph and re-solves; any other
+        version change saves the graph (its version) and leaves placement alone: the
+        announcement already rebuilt the desired states."""
         import knowledge_graph as kg
 
         graph = kg.load(self.engine)
-        changed: list[str] = []
+        entered: list[str] = []
+        resolve = False
         for alg in sorted(algorithms):
+            known = graph.has(kg.NodeType.ALGORITHM, alg)
             try:
                 version = self.store.channels(alg).get(self.channel)
-                if version is None:
-                    continue
-                manifest = self.store.version(alg, version).manifest
+                manifest = self.store.version(alg, version).manifest if version else None
             except Exception as e:  # noqa: BLE001 - a bad store entry must not stop the loop
                 log.error("announced %s: cannot read its manifest from the store: %s", alg, e)
                 continue
-            known = (
-                graph.node(kg.NodeType.ALGORITHM, alg)
-                if graph.has(kg.NodeType.ALGORITHM, alg)
-                else None
-            )
-            if known is not None and known.get("version") == manifest.version:
-                with self._lock:
-                    self.debouncer.trigger(f"announcement of {alg}", resolve=False)
+            if manifest is None or (
+                known and graph.node(kg.NodeType.ALGORITHM, alg).get("version") == manifest.version
+            ):
                 continue
+            before = self._placement_sig(graph, alg) if known else None
             try:
-                created = graph.add_algorithm_from_manifest(manifest)
+                graph.add_algorithm_from_manifest(manifest)
             except kg.GraphError as e:
                 log.error("announced %s %s not entered into the graph: %s", alg, version, e)
                 continue
-            changed.append(f"{alg} {manifest.version}")
-            if created:
-                log.info("%s created graph nodes %s", alg, created)
-        if changed:
-            try:
-                kg.save(graph, self.engine)
-            except kg.StaleGraph:  # someone saved meanwhile: try again on the next tick
-                with self._lock:
-                    self._to_sync |= algorithms
-                return
-            log.info("algorithms entered from the store: %s", ", ".join(changed))
-            self._refresh_graph_index()
+            entered.append(f"{alg} {manifest.version}")
+            resolve = resolve or before != self._placement_sig(graph, alg)
+        if not entered:
+            return
+        try:
+            rev = kg.save(graph, self.engine)
+        except kg.StaleGraph:  # someone saved meanwhile: try again on the next tick
             with self._lock:
-                self.debouncer.trigger("store: " + ", ".join(changed))
+                self._to_sync |= algorithms
+            return
+        log.info("algorithms entered from the store: %s", ", ".join(entered))
+        self._refresh_graph_index()
+        self._graph_revision = rev  # our own change: the poll must not re-solve for it
+        if resolve:
+            with self._lock:
+                self.debouncer.trigger("store: " + ", ".join(entered))
+
+    @staticmethod
+    def _placement_sig(graph: Any, alg: str) -> Any:
+        import knowledge_graph as kg
+
+        return (
+            sorted(graph.algorithm_scenes(alg)),
+            sorted(graph.algorithm_detects(alg)),
+            graph.node(kg.NodeType.ALGORITHM, alg).get("fps"),
+            graph.algorithm_cost(alg),
+        )
 
     def _refresh_graph_index(self) -> Any:
         import knowledge_graph as kg
