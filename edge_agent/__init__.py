@@ -4,7 +4,9 @@ Installable with ``pip install citybrain[edge]`` alone; imports no torch,
 fastapi, ray, sqlalchemy, redis, nor any other citybrain package.
 ``edge_agent.protocol`` is the wire contract every side imports (importing it
 does not load the agent: the names below are resolved lazily). The agent is
-:class:`Agent`, configured by :class:`AgentConfig` (built with ``load_config``).
+:class:`Agent`, configured by :class:`AgentConfig` (built with ``load_config``);
+its ``model_loader`` may return any :class:`RuntimeModel` (the base class of the
+runtimes; ``run(frame)`` gives a :class:`RuntimeResult`) instead of a local one.
 
 Exception tree (wire errors are ``edge_agent.protocol.ProtocolError``)::
 
@@ -38,6 +40,8 @@ _EXPORTS = {
     "GoldenCheckFailed": "edge_agent._errors",
     "ModelLoadError": "edge_agent._errors",
     "ProcessFleet": "edge_agent._fleet",
+    "RuntimeModel": "edge_agent._runtime",
+    "RuntimeResult": "edge_agent._runtime",
     "SourceError": "edge_agent._errors",
     "Superseded": "edge_agent._errors",
     "detect_hardware": "edge_agent._hardware",
@@ -45,11 +49,16 @@ _EXPORTS = {
 }
 
 
+#: public name -> name in its module, where they differ (``protocol.LoadedModel`` is
+#: the reported wire record; the runtime's base class is ``RuntimeModel`` here)
+_RENAMED = {"RuntimeModel": "LoadedModel", "RuntimeResult": "Result"}
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), _RENAMED.get(name, name))
 
 
 __all__ = [
@@ -64,6 +73,8 @@ __all__ = [
     "GoldenCheckFailed",
     "ModelLoadError",
     "ProcessFleet",
+    "RuntimeModel",
+    "RuntimeResult",
     "SourceError",
     "Superseded",
     "__version__",

@@ -17,9 +17,11 @@ Prometheus metrics when ``metrics_port`` is set (``_metrics``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +54,7 @@ from edge_agent.protocol import (
     Assignment,
     DesiredState,
     HardwareProfile,
+    Manifest,
     OutboxState,
     ProtocolError,
     ReportedState,
@@ -64,6 +67,10 @@ from edge_agent.protocol import LoadedModel as ReportedModel
 log = logging.getLogger("edge_agent.agent")
 
 ModelKey = tuple[str, str, str]  # algorithm, version, archive sha256
+
+#: (verified package dir, its manifest, archive sha256, device hardware) -> a loaded
+#: model; the agent warms it and runs its golden check before switching to it
+ModelLoader = Callable[[Path, Manifest, str, HardwareProfile], LoadedModel]
 
 
 @dataclass
@@ -79,10 +86,26 @@ def schedule_active(a: Assignment, now: datetime | None = None) -> bool:
 
 
 class Agent:
-    """One device agent. ``start()`` connects and runs until ``stop()``."""
+    """One device agent. ``start()`` connects and runs until ``stop()``.
 
-    def __init__(self, cfg: AgentConfig, *, hardware: HardwareProfile | None = None) -> None:
+    ``model_loader`` replaces the local runtimes (ONNX Runtime / TensorRT,
+    :func:`edge_agent._runtime.load_model`): it gets a verified package and
+    returns a :class:`~edge_agent._runtime.LoadedModel` (exported as
+    ``edge_agent.RuntimeModel``), e.g. one that runs the model on a cloud
+    serving system. Everything else (desired state, fetch + verify, warm-up,
+    golden check, streams, events, hard samples) stays the same."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        hardware: HardwareProfile | None = None,
+        model_loader: ModelLoader | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.load_model: ModelLoader = model_loader or functools.partial(
+            load_model, prefer_gpu=cfg.prefer_gpu, threads=cfg.ort_threads
+        )
         self.device = cfg.device_id
         self.stats = Stats()
         self.hardware = hardware or detect_hardware()
@@ -367,14 +390,7 @@ class Agent:
             self.progress.pop(f"{algorithm} {version} download", None)
         if self._superseded():
             raise Superseded("newer revision before load")
-        model = load_model(
-            path,
-            manifest,
-            sha,
-            self.hardware,
-            prefer_gpu=self.cfg.prefer_gpu,
-            threads=self.cfg.ort_threads,
-        )
+        model = self.load_model(path, manifest, sha, self.hardware)
         try:
             try:
                 model.warm(self.cfg.warmup_runs)

@@ -29,6 +29,7 @@ GROUPS = {
     "token": "cloud.cli.token",
     "task": "cloud.cli.task",
     "model": "cloud.cli.model",
+    "cameras": "cloud.cli.cameras",
 }
 #: modules exposing ``register(app)`` for top-level commands
 COMMAND_MODULES = [

@@ -4,7 +4,15 @@ One deployment (and one Serve application) per ``algorithm@version``. A
 replica fetches the package from the store (a store folder it can read, or
 the store's HTTP artifact URL), checks the archive's sha256 against the index
 and the manifest signature against the store's public key, then serves
-single-image requests that ``@serve.batch`` groups into model calls.
+requests of one or more images: ``@serve.batch`` groups small ones into model
+calls, a request of ``max_batch_size`` images runs at once.
+
+Where serving time went (benchmarks/serving_bench.py, CPU per image over every
+process): serialising full frames (230 KB each) through the object store, and
+Serve's per-request machinery. :func:`predict` therefore resizes frames to the
+model input before sending (the replica would do the same resize, so results
+are identical), stacks a chunk into one array and sends it by value over
+Serve's gRPC transport; full requests skip the batch queue.
 
 Ray is imported only inside functions: importing this module is cheap.
 """
@@ -30,6 +38,7 @@ from cloud.serving._predictor import (
     Predictor,
     _check_image,
     read_published_info,
+    resize_to,
     resolve_channel,
 )
 
@@ -98,6 +107,11 @@ def request_size(requests: Sequence[Sequence[np.ndarray]]) -> int:
     return sum(len(r) for r in requests)
 
 
+def is_single(request: Any) -> bool:
+    """Whether a request is one image (not a list or a stacked [N, H, W, C] array)."""
+    return isinstance(request, np.ndarray) and request.ndim != 4
+
+
 class BatchCore:
     """What a replica does, without Ray. A request is one image or a list of
     up to ``max_batch_size`` images; it is validated outside the batch (a bad
@@ -113,7 +127,12 @@ class BatchCore:
         self.busy_s = 0.0
 
     def check(self, request: Any) -> list[np.ndarray]:
-        """The validated images of one request."""
+        """The validated images of one request: one image (HxW[xC]), a list of
+        them, or a stacked uint8 array [N, H, W, C] (one buffer to serialize)."""
+        if isinstance(request, np.ndarray) and request.ndim == 4:
+            if request.dtype != np.uint8:
+                raise BadImage(f"images: dtype must be uint8, got {request.dtype}", field="images")
+            request = list(request)
         images = [request] if isinstance(request, np.ndarray) else request
         if not isinstance(images, list | tuple) or not images:
             raise InvalidRequest(
@@ -159,6 +178,7 @@ class BatchCore:
             "labels": list(m.labels),
             "task": m.task,
             "max_batch_size": self.config.max_batch_size,
+            "input_hw": list(m.input.preprocess.resize),
             "batch_sizes": dict(self.batch_sizes),
             "busy_s": self.busy_s,
         }
@@ -198,8 +218,14 @@ def _deployment_class() -> Any:
                         status_code=400,
                     )
                 return (await self._batched([img]))[0].model_dump()
-            preds = await self._batched(self.core.check(request))
-            return preds[0] if isinstance(request, np.ndarray) else preds
+            images = self.core.check(request)
+            if len(images) == self.core.config.max_batch_size:
+                # already a full batch: run it now, without the batch queue's
+                # tasks and futures (a third of a replica's CPU at 8 images)
+                preds = self.core.run_batch([images])[0]
+            else:
+                preds = await self._batched(images)
+            return preds[0] if is_single(request) else preds
 
         def info(self) -> dict[str, Any]:
             return self.core.info()
@@ -250,7 +276,13 @@ def deploy_version(
     source = source_for(store, algorithm, version, artifact_url=artifact_url)
     name = deployment_name(algorithm, version)
     # serve.run returns once every replica has loaded the package (or raises)
-    return serve.run(build_application(source, config), name=name, route_prefix=route_prefix)
+    handle = serve.run(build_application(source, config), name=name, route_prefix=route_prefix)
+    try:
+        # requests by value over Serve's gRPC transport: no object store round
+        # trip per request (cheaper for frames; benchmarks/serving_bench.py)
+        return handle.options(_by_reference=False)
+    except TypeError:  # a Ray without the option
+        return handle
 
 
 def deploy_channel(
@@ -276,19 +308,73 @@ def undeploy(algorithm: str, version: str) -> None:
     serve.delete(deployment_name(algorithm, version))
 
 
-def predict(handle: Any, images: Sequence[np.ndarray], *, chunk: int = 1) -> list[Prediction]:
+_INPUT_HW: dict[tuple[str, str], list[int]] = {}
+
+
+def input_hw(handle: Any) -> list[int]:
+    """[H, W] of the model behind ``handle`` (asked once per deployment: a
+    deployment name pins the version, hence the package and its input)."""
+    key = (str(getattr(handle, "app_name", "")), str(getattr(handle, "deployment_name", "")))
+    if key not in _INPUT_HW or not all(key):
+        _INPUT_HW[key] = list(handle.info.remote().result()["input_hw"])
+    return _INPUT_HW[key]
+
+
+def _sendable(img: Any, hw: Sequence[int] | None) -> Any:
+    """A valid frame shrunk to the model input (same result, a fraction of the
+    bytes to serialize); anything else as is, for the replica to refuse."""
+    ok = isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.size > 0
+    if hw is None or not ok or img.ndim not in (2, 3):
+        return img
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return resize_to(img, hw) if img.shape[2] in (1, 3) else img
+
+
+def requests_for(
+    images: Sequence[np.ndarray], chunk: int = 1, input_hw: Sequence[int] | None = None
+) -> list[Any]:
+    """The request payloads that carry ``images``, ``chunk`` per request.
+
+    With ``input_hw`` (the deployment's ``info()["input_hw"]``) frames are
+    resized to the model input here, exactly as the replica would, so a
+    240x320 frame travels as 12 KB instead of 230 KB; a chunk of same-shaped
+    frames travels as one stacked [N, H, W, C] array (one buffer to
+    serialize). Serialising full frames was the main cost of serving
+    (benchmarks/serving_bench.py)."""
+    if chunk < 1:
+        raise InvalidRequest(f"chunk must be >= 1, got {chunk}", field="chunk")
+    sent = [_sendable(img, input_hw) for img in images]
+    if chunk == 1:
+        return sent
+    out: list[Any] = []
+    for i in range(0, len(sent), chunk):
+        part = sent[i : i + chunk]
+        shapes = {im.shape if isinstance(im, np.ndarray) else None for im in part}
+        stackable = len(shapes) == 1 and None not in shapes
+        if stackable and all(im.dtype == np.uint8 and im.ndim == 3 for im in part):
+            out.append(np.stack(part))
+        else:
+            out.append(list(part))
+    return out
+
+
+def predict(
+    handle: Any, images: Sequence[np.ndarray], *, chunk: int = 1, resize: bool = True
+) -> list[Prediction]:
     """Classify ``images`` through a deployment handle, ``chunk`` images per
     request (at most the deployment's ``max_batch_size``). Requests from all
     callers share batches and replicas: camera scene inference and cameras
     without an edge device send their frames one by one (``chunk=1``), bulk
-    jobs send bigger chunks to save per-request overhead."""
-    if chunk < 1:
-        raise InvalidRequest(f"chunk must be >= 1, got {chunk}", field="chunk")
+    jobs send bigger chunks to save per-request overhead. With ``resize``
+    frames are shrunk to the model input before they are sent
+    (:func:`requests_for`); predictions are the same."""
+    hw = input_hw(handle) if resize else None
+    reqs = requests_for(images, chunk, hw)
+    responses = [handle.remote(r) for r in reqs]
     if chunk == 1:
-        responses = [handle.remote(img) for img in images]
         return [r.result() for r in responses]
-    parts = [handle.remote(list(images[i : i + chunk])) for i in range(0, len(images), chunk)]
-    return [p for r in parts for p in r.result()]
+    return [p for r in responses for p in r.result()]
 
 
 def prelabel(

@@ -60,6 +60,20 @@ def _check_image(i: int, img: Any) -> np.ndarray:
     return img
 
 
+def resize_to(img: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+    """``img`` (HxWxC, C in 1 or 3) resized to ``hw`` the way the preprocessing
+    does it (bilinear), keeping the channel axis; unchanged when already there.
+    Callers may apply it before sending frames to a deployment: the result is
+    the same and what crosses the process boundary is the model's input size."""
+    import cv2
+
+    h, w = int(hw[0]), int(hw[1])
+    if img.shape[:2] == (h, w):
+        return img
+    out = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
 def preprocess_batch(
     images: Sequence[np.ndarray], manifest: Manifest, *, color_order: ColorOrder = "BGR"
 ) -> np.ndarray:
@@ -73,11 +87,7 @@ def preprocess_batch(
     channels = 1 if pp.color == "GRAY" else 3
     out = np.empty((len(images), h, w, channels), dtype=np.uint8)
     for i, raw in enumerate(images):
-        img = _check_image(i, raw)
-        if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-            if img.ndim == 2:
-                img = img[:, :, None]
+        img = resize_to(_check_image(i, raw), (h, w))
         if img.shape[2] == 1:
             out[i] = img if channels == 1 else np.repeat(img, 3, axis=2)
             continue

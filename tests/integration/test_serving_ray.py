@@ -77,6 +77,15 @@ def test_a_version_serves_batched_predictions_equal_to_the_predictor(
     assert sum(k * v for k, v in sizes.items()) == 32 and max(sizes) <= 8
     with pytest.raises(Exception, match="at most max_batch_size=8"):
         handle.remote(imgs[:9]).result()
+    # full requests (stacked, resized by the caller) run at once, same predictions
+    full = predict(handle, imgs, chunk=8)
+    assert [g.label for g in full] == [w.label for w in want]
+    for g, w in zip(full, want, strict=True):
+        assert g.probs == pytest.approx(w.probs, abs=1e-6)
+    after = {int(k): v for k, v in handle.info.remote().result()["batch_sizes"].items()}
+    assert after.get(8, 0) >= sizes.get(8, 0) + 2
+    with pytest.raises(Exception, match="dtype must be uint8"):
+        handle.remote(np.zeros((2, 8, 8, 3), np.float32)).result()
 
     # a bad image fails only its own request
     responses = [handle.remote(imgs[0]), handle.remote(np.zeros((4, 4, 3), np.float64))]

@@ -33,6 +33,7 @@ from cloud.serving import (
     softmax,
     source_for,
 )
+from cloud.serving._deployment import is_single, requests_for
 
 SIZE = 8
 PRE = {
@@ -359,7 +360,7 @@ class _FakeHandle:
 
     def remote(self, request: Any) -> _FakeResponse:
         images = self.core.check(request)
-        single = isinstance(request, np.ndarray)
+        single = is_single(request)
         return _FakeResponse(
             lambda: (lambda out: out[0] if single else out)(self.core.run_batch([images])[0])
         )
@@ -412,3 +413,41 @@ def test_predict_and_prelabel_through_a_handle(predictor: Predictor) -> None:
     with pytest.raises(InvalidRequest, match="2 sample ids for 5 images"):
         prelabel(handle, imgs, sample_ids=[1, 2])
     assert core.info()["algorithm"] == "cls" and core.info()["max_batch_size"] == 4
+
+
+def test_requests_carry_frames_resized_and_stacked(predictor: Predictor) -> None:
+    """What predict() sends: frames shrunk to the model input exactly as the
+    replica would shrink them, a chunk as one stacked uint8 array."""
+    core = BatchCore(predictor, ServingConfig(max_batch_size=4))
+    imgs = frames(5, seed=4)
+    reqs = requests_for(imgs, 3, [SIZE, SIZE])
+    assert [r.shape for r in reqs] == [(3, SIZE, SIZE, 3), (2, SIZE, SIZE, 3)]
+    assert all(r.dtype == np.uint8 for r in reqs)
+    got = [p for r in reqs for p in core.run_batch([core.check(r)])[0]]
+    assert got == predictor.predict(imgs)  # identical: the same resize, done earlier
+    assert [r.shape for r in requests_for(imgs[:2], 1, [SIZE, SIZE])] == [(SIZE, SIZE, 3)] * 2
+    # without the input size, frames of different shapes go as a list, untouched
+    raw = requests_for(imgs, 3)
+    assert isinstance(raw[0], list) and raw[0][0] is imgs[0]
+    # grey frames keep a channel axis; anything invalid is left for the replica to refuse
+    grey = np.zeros((30, 40), np.uint8)
+    assert requests_for([grey], 1, [SIZE, SIZE])[0].shape == (SIZE, SIZE, 1)
+    bad = np.zeros((30, 40, 3), np.float64)
+    mixed = requests_for([imgs[0], bad], 2, [SIZE, SIZE])[0]
+    assert isinstance(mixed, list) and mixed[1] is bad
+    with pytest.raises(BadImage, match="image 1: dtype"):
+        core.check(mixed)
+    with pytest.raises(InvalidRequest, match="chunk"):
+        requests_for(imgs, 0)
+
+
+def test_a_stacked_request_is_checked_as_a_whole(predictor: Predictor) -> None:
+    core = BatchCore(predictor, ServingConfig(max_batch_size=4))
+    stack = np.stack([f[:20, :30] for f in frames(4, seed=2)])
+    assert len(core.check(stack)) == 4 and not is_single(stack) and is_single(stack[0])
+    with pytest.raises(BadImage, match="dtype must be uint8"):
+        core.check(stack.astype(np.float32))
+    with pytest.raises(InvalidRequest, match="5 images in one request"):
+        core.check(np.concatenate([stack, stack[:1]]))
+    with pytest.raises(BadImage, match="shape must be"):
+        core.check(np.zeros((2, 5, 5, 4), np.uint8))
