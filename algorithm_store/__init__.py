@@ -80,11 +80,12 @@ def make_router(
 
 
 def __getattr__(name: str):  # lazy: paho only when MQTT is used
-    if name in ("ChunkService", "MqttAnnouncer", "connect_mqtt"):
+    if name in ("ChunkService", "ChunkWorkers", "MqttAnnouncer", "connect_mqtt"):
         from . import _mqtt
 
         return {
             "ChunkService": _mqtt.ChunkService,
+            "ChunkWorkers": _mqtt.ChunkWorkers,
             "MqttAnnouncer": _mqtt.MqttAnnouncer,
             "connect_mqtt": _mqtt.connect,
         }[name]
@@ -96,6 +97,7 @@ __all__ = [
     "AlgorithmStore",
     "BuiltPackage",
     "ChunkService",
+    "ChunkWorkers",
     "DeviceReport",
     "DowngradeRefused",
     "EngineUnavailable",

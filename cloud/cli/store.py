@@ -10,6 +10,7 @@ import contextlib
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,7 +342,15 @@ def serve_chunks(
         3600.0, help="re-send signed announcements this often (keeps them unexpired)"
     ),
     share_group: str | None = typer.Option(
-        None, help="MQTT v5 shared-subscription group, to split requests over several servers"
+        None,
+        help="MQTT v5 shared-subscription group, to split requests over several servers "
+        "(default with --workers > 1: 'store')",
+    ),
+    workers: int = typer.Option(
+        1, min=1, max=64, help="serving processes on one shared subscription (1: in this process)"
+    ),
+    max_chunk_kib: int = typer.Option(
+        4096, min=1, max=4096, help="largest chunk served (KiB); the broker's limit also applies"
     ),
 ) -> None:
     """Serve artifact chunks over MQTT (store/chunk/req -> dev/{d}/chunk) until stopped."""
@@ -349,20 +358,38 @@ def serve_chunks(
     from cloud.core.config import get_settings
 
     url = mqtt_url or get_settings().mqtt_url
+    max_chunk = max_chunk_kib * 1024
     with _errors():
         store = _store()
         client = st.connect_mqtt(url)
         if store.private_key is not None:
             store.announcer = st.MqttAnnouncer(client)
-        service = st.ChunkService(store, client, share_group=share_group).start()
+        if workers > 1:
+            service: Any = st.ChunkWorkers(
+                store.root,
+                url,
+                workers=workers,
+                share_group=share_group or "store",
+                max_chunk=max_chunk,
+            ).start()
+        else:
+            service = st.ChunkService(
+                store, client, share_group=share_group, max_chunk=max_chunk
+            ).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    typer.echo(f"serving chunks of {store.root} on {url}", err=True)
+    plural = "s" if workers > 1 else ""
+    typer.echo(f"serving chunks of {store.root} on {url} ({workers} worker{plural})", err=True)
+    next_announce = 0.0
     while not stop.is_set():
-        if store.announcer is not None:
+        if store.announcer is not None and time.monotonic() >= next_announce:
             store.announce_all()
-        stop.wait(reannounce_s)
+            next_announce = time.monotonic() + reannounce_s
+        if workers > 1:
+            with _errors():
+                service.revive()
+        stop.wait(min(reannounce_s, 2.0) if workers > 1 else reannounce_s)
     service.stop()
     client.loop_stop()
     client.disconnect()
