@@ -144,7 +144,7 @@ class AgentConfig(BaseSettings):
     cache_max_bytes: int = Field(default=2 * 1024**3, gt=0)
     fetch_mode: Literal["mqtt", "http"] = "mqtt"
     http_base_url: str | None = Field(default=None, description="store URL for fetch_mode=http")
-    chunk_size: int = Field(default=256 * 1024, gt=0, le=4 * 1024 * 1024)
+    chunk_size: int = Field(default=1024 * 1024, gt=0, le=4 * 1024 * 1024)
     chunk_window: int = Field(default=4, ge=1, le=64)
     chunk_timeout_s: float = Field(default=10.0, gt=0)
     chunk_retries: int = Field(default=5, ge=0)
