@@ -215,6 +215,9 @@ def infer_scenes(
     version: str | None = typer.Option(None, "--version", help="default: what --channel holds"),
     channel: str = typer.Option("stable", "--channel"),
     frames: int = typer.Option(8, "--frames", min=1, max=64, help="keyframes per camera"),
+    serve: bool = typer.Option(
+        False, "--serve", help="run the classifier on Ray Serve (RAY_ADDRESS, else a local Ray)"
+    ),
 ) -> None:
     """Infer cameras' scenes from keyframes of their sources with a scene classifier
     from the store (inferred scenes with confidence; operator, confirmed and rejected
@@ -228,8 +231,12 @@ def infer_scenes(
 
     if bool(cameras) == all_cameras:
         raise InvalidInput("name cameras or pass --all (not both)", field="cameras")
+    if serve:
+        from cloud.serving import start_serving
+
+        start_serving()
     with store_errors():
-        predictor = load_classifier(_store(), classifier, version, channel)
+        predictor = load_classifier(_store(), classifier, version, channel, serve=serve)
     failed = 0
     with live_graph() as g:
         for cam in cameras or list(g.nodes(kg.NodeType.CAMERA)):

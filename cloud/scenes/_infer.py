@@ -82,10 +82,30 @@ def scene_classifier(predictor: Any, graph: Any) -> Any:
     return classify
 
 
-def load_classifier(store: Any, algorithm: str, version: str | None, channel: str) -> Any:
+class ServedClassifier:
+    """A scene classifier answered by the Ray Serve deployment of a store version: the
+    keyframes share the deployment's batches and replicas with every other caller
+    (pre-labels, cloud cameras). Same interface as :class:`cloud.serving.Predictor`."""
+
+    def __init__(self, handle: Any, algorithm: str, version: str, labels: list[str]) -> None:
+        self.handle, self.algorithm, self.version = handle, algorithm, version
+        self.labels = list(labels)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        from cloud.serving import predict
+
+        preds = predict(self.handle, list(images), chunk=1)
+        return np.array([[p.probs[x] for x in self.labels] for p in preds], np.float64)
+
+
+def load_classifier(
+    store: Any, algorithm: str, version: str | None, channel: str, *, serve: bool = False
+) -> Any:
     """The verified :class:`cloud.serving.Predictor` of ``algorithm`` at ``version``,
-    or at what ``channel`` points to."""
-    from cloud.serving import Predictor
+    or at what ``channel`` points to; with ``serve``, its Ray Serve deployment instead
+    (deployed, or updated in place, on the connected Ray: call
+    :func:`cloud.serving.start_serving` first)."""
+    from cloud.serving import Predictor, deploy_version
 
     if version is None:
         channels = store.channels(algorithm)
@@ -96,6 +116,11 @@ def load_classifier(store: Any, algorithm: str, version: str | None, channel: st
                 field="classifier",
             )
         version = channels[channel]
+    if serve:
+        labels = list(store.version(algorithm, version).manifest.labels)
+        return ServedClassifier(
+            deploy_version(store, algorithm, version), algorithm, version, labels
+        )
     return Predictor.from_store(store, algorithm, version)
 
 

@@ -205,3 +205,35 @@ def _engine(data: Path) -> Any:
     from cloud.catalog.db import make_engine
 
     return make_engine(f"sqlite:///{data / 'catalog.db'}")
+
+
+@pytest.mark.slow
+def test_scene_inference_through_ray_serve_matches_in_process(city: dict[str, Any]) -> None:
+    """Issue 8 item 3: camera scene inference on the Ray Serve deployment of the
+    classifier gives the in-process scores."""
+    import ray
+    from ray import serve
+
+    from cloud.serving import start_serving
+
+    g, store = city["graph"], city["store"]
+    local = load_classifier(store, "scenes", None, "stable")
+    want = {
+        c: infer_camera_scenes(g, c, local, frames=3)["scores"] for c in ("cam-road", "cam-park")
+    }
+    start_serving(num_cpus=1)
+    try:
+        served = load_classifier(store, "scenes", None, "stable", serve=True)
+        assert (served.algorithm, served.version, served.labels) == (
+            "scenes",
+            "1.0.0",
+            local.labels,
+        )
+        for cam, scores in want.items():
+            got = infer_camera_scenes(g, cam, served, frames=3)["scores"]
+            assert got.keys() == scores.keys()
+            assert all(abs(got[k] - scores[k]) < 1e-4 for k in scores), (cam, got, scores)
+        assert "scenes" in str(serve.status().applications)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
