@@ -72,18 +72,34 @@ def register(app: typer.Typer) -> None:
         backbone: Annotated[
             Path | None, typer.Option(help="backbone file (default: the dataset's pretraining)")
         ] = None,
-        mode: Annotated[str, typer.Option(help="auto | head | finetune | scratch")] = "auto",
+        mode: Annotated[
+            str,
+            typer.Option(
+                help="classify: auto | head | finetune | scratch; "
+                "detect: auto | frozen | finetune | scratch"
+            ),
+        ] = "auto",
         seed: int = 0,
+        epochs: Annotated[
+            int | None, typer.Option(min=1, help="detect: training epochs (default: automatic)")
+        ] = None,
+        input_size: Annotated[
+            int | None, typer.Option(min=32, help="detect: square input side in px (default 128)")
+        ] = None,
     ) -> None:
-        """Train on the labeled samples, evaluate on the frozen test split, export ONNX, register a candidate."""
+        """Train on the labeled samples (labels or boxes), evaluate on the frozen test split, export ONNX, register a candidate."""
         from cloud.catalog import Catalog
         from cloud.errors import InvalidInput
-        from cloud.flywheel._pipeline import train_dataset
-        from cloud.flywheel._train import TrainConfig
+        from cloud.flywheel._pipeline import train_config, train_dataset
 
         if task not in ("classify", "detect"):
             raise InvalidInput(f"--task must be classify or detect, not {task!r}", field="task")
-        cfg = TrainConfig(mode=mode, seed=seed)  # type: ignore[arg-type]
+        knobs: dict[str, object] = {"mode": mode, "seed": seed}
+        if task == "detect":
+            knobs |= {k: v for k, v in (("epochs", epochs), ("input_size", input_size)) if v}
+        elif epochs or input_size:
+            raise InvalidInput("--epochs and --input-size apply to --task detect", field="task")
+        cfg = train_config(task, knobs)
         with Catalog.open() as cat:
             bar, cb = _progress_bar(f"train {dataset}")
             with bar:
@@ -98,10 +114,17 @@ def register(app: typer.Typer) -> None:
                     progress=cb,
                 )
         m = out.metrics
-        typer.echo(
-            f"{out.algorithm} {out.version} ({out.mode}): accuracy {m.accuracy:.3f}, "
-            f"balanced {m.balanced_accuracy:.3f}, ECE {m.ece:.3f} on {m.n} test samples"
-        )
+        if out.task == "detect":
+            aps = ", ".join(f"{k} {v.ap:.3f}" for k, v in m.per_class.items() if v.ap is not None)
+            typer.echo(
+                f"{out.algorithm} {out.version} ({out.mode} detector): mAP@0.5 {m.map50:.3f} "
+                f"({aps}) on {m.n} test images, {m.boxes} boxes"
+            )
+        else:
+            typer.echo(
+                f"{out.algorithm} {out.version} ({out.mode}): accuracy {m.accuracy:.3f}, "
+                f"balanced {m.balanced_accuracy:.3f}, ECE {m.ece:.3f} on {m.n} test samples"
+            )
         typer.echo(
             f"gate: {'publishable' if out.gate.publish else 'NOT publishable'} - {out.gate.reason}"
         )

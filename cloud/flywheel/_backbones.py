@@ -106,6 +106,7 @@ class OnnxBackbone:
     input_size: int
     dim: int
     input_name: str
+    source: Path | None = None  # the .onnx file (Ray workers load it from its bytes)
 
     def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         out = []
@@ -176,7 +177,7 @@ def load_backbone(
         shape = inp.shape
         if input_size is None and len(shape) == 4 and isinstance(shape[2], int):
             size = shape[2]
-        return _probe(OnnxBackbone(sess, name, size, 0, inp.name), path)
+        return _probe(OnnxBackbone(sess, name, size, 0, inp.name, path), path)
     torch = _torch()
     if suffix in (".pt", ".ts", ".torchscript", ".jit"):
         try:

@@ -38,26 +38,29 @@ def pretrain_handler(ctx: JobContext) -> dict[str, Any]:
 
 
 def train_handler(ctx: JobContext) -> dict[str, Any]:
-    """params: ``dataset``; optional ``task``, ``algorithm``, ``backbone_file``, ``config``."""
+    """params: ``dataset``; optional ``task`` (classify | detect), ``algorithm``,
+    ``backbone_file``, ``config`` (TrainConfig or DetectConfig knobs by task)."""
     from cloud.catalog import Catalog
-    from cloud.flywheel._pipeline import train_dataset
-    from cloud.flywheel._train import TrainConfig
+    from cloud.flywheel._pipeline import train_config, train_dataset
 
     p = ctx.params
+    task = p.get("task", "classify")
+    config = train_config(task, p.get("config") or {})
     with Catalog.open(ctx.settings) as cat:
         out = train_dataset(
             cat,
             _need(p, "dataset"),
-            task=p.get("task", "classify"),
+            task=task,
             algorithm=p.get("algorithm"),
             backbone_file=Path(p["backbone_file"]) if p.get("backbone_file") else None,
-            config=TrainConfig(**p.get("config", {})),
+            config=config,
             created_by=str(p.get("created_by", "")),
             task_id=ctx.task_id,
             progress=ctx.progress,
         )
+    key = "map50" if out.task == "detect" else "accuracy"
     return {k: v for k, v in out.model_dump(mode="json").items() if k != "metrics"} | {
-        "accuracy": out.metrics.accuracy
+        key: getattr(out.metrics, key)
     }
 
 

@@ -40,8 +40,17 @@ from cloud.flywheel._backbones import (
     pretrain_simclr,
     scratch_backbone,
 )
-from cloud.flywheel._evaluate import GateDecision, Metrics, evaluate, gate, plot_confusion
+from cloud.flywheel._detect import DetectConfig
+from cloud.flywheel._evaluate import (
+    DetectMetrics,
+    GateDecision,
+    Metrics,
+    evaluate,
+    gate,
+    plot_confusion,
+)
 from cloud.flywheel._export import export_onnx, parity_check, preprocess_contract
+from cloud.flywheel._ray import decode_rgb, embed_dataset
 from cloud.flywheel._train import TrainConfig, check_labels, train_classifier
 
 Progress = Callable[[float, str], None]
@@ -51,17 +60,9 @@ def load_images(
     catalog: Catalog, sample_ids: Sequence[str], size: int = DEFAULT_SIZE
 ) -> np.ndarray:
     """uint8 RGB [N, size, size, 3] of the samples' blobs."""
-    import cv2
-
     out = np.empty((len(sample_ids), size, size, 3), np.uint8)
     for i, sid in enumerate(sample_ids):
-        data = np.frombuffer(catalog.blobs.get(sid), np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if img is None:
-            raise InvalidInput(f"sample {sid[:12]} does not decode as an image", field="sample")
-        out[i] = cv2.cvtColor(
-            cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
-        )
+        out[i] = decode_rgb(catalog.blobs.get(sid), size, sid)
     return out
 
 
@@ -186,15 +187,9 @@ def embed_samples(
     batch: int = 256,
     progress: Progress | None = None,
 ) -> EmbeddingStore:
-    """Compute embeddings for the samples that have none yet (incremental)."""
-    store = embedding_store(catalog, backbone)
-    todo = store.missing(list(dict.fromkeys(sample_ids)))
-    for i in range(0, len(todo), batch):
-        ids = todo[i : i + batch]
-        store.add(ids, backbone.embed(load_images(catalog, ids, backbone.input_size)))
-        if progress:
-            progress(min(1.0, (i + len(ids)) / len(todo)), f"embedded {i + len(ids)}/{len(todo)}")
-    return store
+    """Compute embeddings for the samples that have none yet (incremental),
+    in-process or on Ray by size (see :func:`cloud.flywheel._ray.embed_dataset`)."""
+    return embed_dataset(catalog, backbone, sample_ids, batch=batch, progress=progress)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +325,9 @@ def pretrain_dataset(
                 res.losses,
                 res.epochs,
             )
-        embed_samples(catalog, backbone, ids, progress=lambda f, m: report(0.8 + 0.2 * f, m))
+        _, embed_run = embed_dataset(
+            catalog, backbone, ids, progress=lambda f, m: report(0.8 + 0.2 * f, m)
+        )
         with catalog.transaction() as s:
             s.add(
                 LineageEdge(
@@ -351,7 +348,12 @@ def pretrain_dataset(
                 )
             )
             t = s.get(Task, tid)
-            t.result = {"backbone": backbone.name, "checkpoint": ckpt, "losses": losses}
+            t.result = {
+                "backbone": backbone.name,
+                "checkpoint": ckpt,
+                "losses": losses,
+                "embedding": embed_run.model_dump(),
+            }
         return PretrainOutcome(
             task_id=tid,
             backbone=backbone.name,
@@ -372,8 +374,9 @@ class TrainOutcome(BaseModel):
     model_id: int
     algorithm: str
     version: str
+    task: Literal["classify", "detect"] = "classify"
     mode: str
-    metrics: Metrics
+    metrics: Metrics | DetectMetrics
     gate: GateDecision
     parity_max_abs_diff: float
     onnx_sha256: str
@@ -419,6 +422,36 @@ def _onnx_probs(catalog: Catalog, onnx_sha: str, images: np.ndarray) -> np.ndarr
     return e / e.sum(1, keepdims=True)
 
 
+def train_config(task: str, knobs: dict[str, Any]) -> TrainConfig | DetectConfig:
+    """The config of a ``task`` (classify: TrainConfig, detect: DetectConfig)
+    from its knobs; InvalidInput names the first bad one as ``config.<knob>``."""
+    from pydantic import ValidationError
+
+    cls: type[TrainConfig] | type[DetectConfig] = {
+        "classify": TrainConfig,
+        "detect": DetectConfig,
+    }.get(task)  # type: ignore[assignment]
+    if cls is None:
+        raise InvalidInput(f"task must be classify or detect, not {task!r}", field="task")
+    try:
+        return cls(**knobs)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in ("config", *first["loc"]))
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+
+
+def _check_published_task(catalog: Catalog, algorithm: str, task: str) -> Model | None:
+    current = published_model(catalog, algorithm)
+    if current is not None and (current.task or "classify") != task:
+        raise InvalidInput(
+            f"{algorithm} is published as a {current.task} model; a {task} model needs "
+            "another algorithm id",
+            field="algorithm",
+        )
+    return current
+
+
 def train_dataset(
     catalog: Catalog,
     dataset: str,
@@ -426,28 +459,39 @@ def train_dataset(
     task: Literal["classify", "detect"] = "classify",
     algorithm: str | None = None,
     backbone_file: Path | None = None,
-    config: TrainConfig | None = None,
+    config: TrainConfig | DetectConfig | None = None,
     created_by: str = "",
     task_id: str | None = None,
     progress: Progress | None = None,
 ) -> TrainOutcome:
     """Snapshot the dataset, train on its train split, evaluate on the frozen
     test split against the published version, export a parity-checked ONNX,
-    and register the candidate model with full lineage."""
-    config = config or TrainConfig()
+    and register the candidate model with full lineage.
+
+    ``task="detect"`` trains a box detector (see :mod:`cloud.flywheel._detect`)
+    on the box annotations and takes a :class:`DetectConfig`."""
     ds = catalog.get_dataset(dataset)
     algorithm = _slug(algorithm or ds.name)
-    items = [it for it in catalog.iter_items(ds.id) if it.label is not None or it.boxes]
     if task == "detect":
-        if not any(it.kind == AnnotationKind.BOXES for it in items):
-            raise InvalidInput(
-                f"dataset {ds.name!r} has no box annotations: detection needs boxes", field="task"
-            )
-        raise InvalidInput(
-            "detection training is not available yet: use --task classify", field="task"
+        if isinstance(config, TrainConfig):
+            raise InvalidInput("detection takes a DetectConfig, not a TrainConfig", field="config")
+        return _train_detect(
+            catalog,
+            ds,
+            algorithm,
+            backbone_file=backbone_file,
+            config=config or DetectConfig(),
+            created_by=created_by,
+            task_id=task_id,
+            progress=progress,
         )
+    if isinstance(config, DetectConfig):
+        raise InvalidInput("classification takes a TrainConfig, not a DetectConfig", field="config")
+    config = config or TrainConfig()
+    items = [it for it in catalog.iter_items(ds.id) if it.label is not None or it.boxes]
     cls_items = [it for it in items if it.kind == AnnotationKind.CLASSIFICATION and it.label]
     check_labels([it.label for it in cls_items], ds.labels)  # fail before any compute
+    _check_published_task(catalog, algorithm, "classify")
     backbone = dataset_backbone(catalog, ds.name, backbone_file)
     params = {
         "task": task,
@@ -577,6 +621,212 @@ def train_dataset(
             model_id=model_id,
             algorithm=algorithm,
             version=version,
+            task="classify",
+            mode=model.mode,
+            metrics=metrics,
+            gate=decision,
+            parity_max_abs_diff=parity.max_abs_diff,
+            onnx_sha256=onnx_sha,
+            dataset_version=ver.number,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Detection: train + evaluate (mAP@0.5) + export + register
+# ---------------------------------------------------------------------------
+
+
+def _box_items(catalog: Catalog, items: Sequence[Any]) -> list[tuple[str, Any, int, int]]:
+    """(sample id, boxes, width, height) of box annotations; sizes the catalog
+    does not know are read from the image."""
+    import cv2
+
+    out = []
+    for it in items:
+        w, h = it.width, it.height
+        if not (w and h):
+            img = cv2.imdecode(np.frombuffer(catalog.blobs.get(it.sample_id), np.uint8), 1)
+            if img is None:
+                raise InvalidInput(
+                    f"sample {it.sample_id[:12]} does not decode as an image", field="sample"
+                )
+            h, w = img.shape[:2]
+        out.append((it.sample_id, it.boxes or [], int(w), int(h)))
+    return out
+
+
+def _train_detect(
+    catalog: Catalog,
+    ds: Any,
+    algorithm: str,
+    *,
+    backbone_file: Path | None,
+    config: DetectConfig,
+    created_by: str,
+    task_id: str | None,
+    progress: Progress | None,
+) -> TrainOutcome:
+    from cloud.flywheel._detect import (
+        check_boxes,
+        decode_rows,
+        detector_parity_check,
+        export_detector_onnx,
+        feature_extractor,
+        onnx_rows,
+        postprocess_contract,
+        train_detector,
+    )
+    from cloud.flywheel._evaluate import evaluate_detections, plot_pr_curves
+
+    boxed = [it for it in catalog.iter_items(ds.id) if it.kind == AnnotationKind.BOXES]
+    if not boxed:
+        raise InvalidInput(
+            f"dataset {ds.name!r} has no box annotations: detection needs boxes", field="task"
+        )
+    check_boxes(_box_items(catalog, boxed), ds.labels)  # all before any compute
+    current = _check_published_task(catalog, algorithm, "detect")
+    backbone = dataset_backbone(catalog, ds.name, backbone_file)
+    feature_extractor(backbone)
+    pretrained = not backbone.name.startswith("scratch")
+    params = {
+        "task": "detect",
+        "algorithm": algorithm,
+        "config": config.model_dump(),
+        "backbone": backbone.name,
+        "backbone_file": str(backbone_file) if backbone_file else None,
+    }
+    with recorded_task(
+        catalog,
+        TaskKind.TRAINING,
+        title=f"train detector {algorithm} on {ds.name}",
+        dataset_id=ds.id,
+        params=params,
+        created_by=created_by,
+        task_id=task_id,
+        progress=progress,
+    ) as (tid, report):
+        ver = catalog.create_version(ds.id, note=f"training {algorithm}", created_by=created_by)
+        items = [
+            it for it in catalog.iter_items(ds.id, ver.number) if it.kind == AnnotationKind.BOXES
+        ]
+        train = [it for it in items if it.split != Split.TEST]
+        test = [it for it in items if it.split == Split.TEST]
+        y_train = check_boxes(_box_items(catalog, train), ds.labels)
+        y_test = check_boxes(_box_items(catalog, test), ds.labels, require=False)
+        if not sum(len(t) for t in y_test):
+            raise InvalidInput(
+                "no boxes in the test split yet: annotate a few more images", field="boxes"
+            )
+        size = config.input_size
+        n_boxes = sum(len(t) for t in y_train)
+        report(0.05, f"{len(train)} train images ({n_boxes} boxes) / {len(test)} test")
+        x_train = load_images(catalog, [it.sample_id for it in train], size)
+        x_test = load_images(catalog, [it.sample_id for it in test], size)
+        model = train_detector(
+            x_train,
+            y_train,
+            ds.labels,
+            backbone,
+            config,
+            pretrained=pretrained,
+            progress=lambda f, m: report(0.1 + 0.7 * f, m),
+        )
+        tmp = catalog.tmp_dir / f"train-{tid}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        onnx_path = export_detector_onnx(model, tmp / "model.onnx")
+        parity = detector_parity_check(model, onnx_path, x_test[:16])
+        if not parity.ok:
+            raise InvalidInput(
+                f"ONNX parity check failed: max |diff| {parity.max_abs_diff:.2e} > {parity.atol}"
+            )
+        # the exported artifact is what is scored, as the published one is
+        metrics = evaluate_detections(decode_rows(onnx_rows(onnx_path, x_test)), y_test, ds.labels)
+        baseline = None
+        if current is not None and current.artifacts.get("onnx"):
+            path = (
+                catalog.blobs.path(current.artifacts["onnx"])
+                if hasattr(catalog.blobs, "path")
+                else None
+            )
+            if path is None:
+                raise NotFound("published model's ONNX is not on this blob store")
+            bsize = int(current.params["preprocess"]["resize"][0])
+            xb = (
+                x_test
+                if bsize == size
+                else load_images(catalog, [it.sample_id for it in test], bsize)
+            )
+            baseline = evaluate_detections(decode_rows(onnx_rows(path, xb)), y_test, ds.labels)
+        decision = gate(metrics, baseline, metric="map50")
+        report(0.9, f"mAP@0.5 {metrics.map50:.3f}; gate: {decision.reason}")
+        onnx_sha = catalog.blobs.put(onnx_path)
+        pr_sha = catalog.blobs.put(plot_pr_curves(metrics, tmp / "pr.png"))
+        version = _next_version(catalog, algorithm)
+        with catalog.transaction() as s:
+            row = Model(
+                algorithm=algorithm,
+                version=version,
+                task="detect",
+                status=ModelStatus.CANDIDATE,
+                dataset_version_id=ver.id,
+                task_id=tid,
+                backbone=model.backbone_name,
+                labels=list(ds.labels),
+                params={
+                    **params,
+                    "config": model.config,
+                    "mode": model.mode,
+                    "train_labels": len(train),
+                    "train_boxes": n_boxes,
+                    "history": model.history[-1:] if model.history else [],
+                    "preprocess": preprocess_contract(size),
+                    "postprocess": postprocess_contract(config),
+                    "baseline_version": current.version if current else None,
+                },
+                metrics={
+                    "map50": metrics.map50,
+                    "test_n": metrics.n,
+                    "test_boxes": metrics.boxes,
+                    "detail": metrics.model_dump(),
+                    "gate": decision.model_dump(),
+                    "parity": parity.model_dump(),
+                },
+                artifacts={"onnx": onnx_sha, "pr_png": pr_sha},
+            )
+            s.add(row)
+            s.flush()
+            for direction, entity, eid, role in [
+                ("input", "dataset_version", str(ver.id), f"{ds.name}@{ver.number}"),
+                ("input", "embedding", backbone.name, "backbone"),
+                ("output", "model", str(row.id), f"{algorithm}@{version}"),
+                ("output", "blob", onnx_sha, "onnx"),
+            ]:
+                s.add(
+                    LineageEdge(
+                        task_id=tid, direction=direction, entity=entity, entity_id=eid, role=role
+                    )
+                )
+            t = s.get(Task, tid)
+            t.result = {
+                "model_id": row.id,
+                "algorithm": algorithm,
+                "version": version,
+                "task": "detect",
+                "map50": metrics.map50,
+                "config": model.config,
+                "gate": decision.model_dump(),
+            }
+            model_id = row.id
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+        report(1.0, f"registered {algorithm} {version} (candidate detector)")
+        return TrainOutcome(
+            task_id=tid,
+            model_id=model_id,
+            algorithm=algorithm,
+            version=version,
+            task="detect",
             mode=model.mode,
             metrics=metrics,
             gate=decision,

@@ -61,6 +61,7 @@ def publish_model(
         if not onnx_sha:
             raise InvalidInput(f"{algorithm} {version} has no exported ONNX artifact")
         labels, params, metrics = list(row.labels), dict(row.params), dict(row.metrics)
+        task = row.task or "classify"
         lineage = {
             "dataset_version": f"{dv.dataset_id}@{dv.number}" if dv else None,
             "training_task": row.task_id,
@@ -81,7 +82,7 @@ def publish_model(
                 onnx_path,
                 id=algorithm,
                 version=version,
-                task="classify",
+                task=task,
                 labels=labels,
                 private_key=store.private_key,
                 out_dir=work / "pkg",
@@ -91,14 +92,14 @@ def publish_model(
                     "shape": ["N", 3, size, size],
                     "preprocess": params["preprocess"],
                 },
-                postprocess={"output": "logits"},
+                postprocess=params.get("postprocess") or {"output": "logits"},
                 event_rules=list(event_rules),
                 scenes=list(scenes),
                 detects=list(detects),
                 fps=fps,
                 metrics={
                     k: float(metrics[k])
-                    for k in ("accuracy", "balanced_accuracy", "ece")
+                    for k in ("accuracy", "balanced_accuracy", "ece", "map50")
                     if k in metrics
                 },
                 lineage=lineage,

@@ -5,6 +5,9 @@ marks, random lighting) and, by class, a pedestrian (upright figure), a
 vehicle (box with wheels), a traffic cone (orange triangle with a white band)
 or nothing. Positions, sizes, colours and noise vary, so the task is not
 trivial from raw pixels but is learnable.
+
+:func:`street_boxes` draws several objects per scene and returns their boxes
+(the bounding rectangle of the pixels each object painted) for detection.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 CLASSES = ("empty", "pedestrian", "vehicle", "cone")
+#: the object classes of :func:`street_boxes`
+DETECT_CLASSES = ("pedestrian", "vehicle", "cone")
 
 
 def _background(rng: np.random.Generator, s: int) -> np.ndarray:
@@ -111,3 +116,40 @@ def street_scenes(
         )
         out[i] = img
     return out, y.astype(np.int64)
+
+
+def street_boxes(
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 128,
+    max_objects: int = 3,
+    weights: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``n`` uint8 RGB scenes [n, size, size, 3] with 0..``max_objects``
+    objects each, and per image a float32 array [k, 5] of boxes
+    (x1, y1, x2, y2 in pixels, class index into DETECT_CLASSES).
+
+    A box is the bounding rectangle of the pixels its object painted; later
+    objects may partly hide earlier ones. ``weights`` gives class frequencies.
+    """
+    rng = np.random.default_rng(seed)
+    p = np.asarray(weights if weights is not None else [1.0] * len(DETECT_CLASSES), float)
+    out = np.empty((n, size, size, 3), np.uint8)
+    boxes: list[np.ndarray] = []
+    for i in range(n):
+        img = _background(rng, size)
+        rows = []
+        for c in rng.choice(
+            len(DETECT_CLASSES), size=int(rng.integers(0, max_objects + 1)), p=p / p.sum()
+        ):
+            before = img.copy()
+            _DRAW[DETECT_CLASSES[c]](img, rng)
+            ys, xs = np.nonzero((img != before).any(-1))
+            if len(xs):
+                rows.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, c])
+        img *= rng.uniform(0.7, 1.3)  # lighting
+        img += rng.normal(0, 6, img.shape)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+        boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
+    return out, boxes

@@ -38,7 +38,7 @@ from cloud.catalog.models import (
     Task,
     TaskKind,
 )
-from cloud.errors import InvalidInput, NotFound
+from cloud.errors import NotFound
 
 router = APIRouter(tags=["flywheel"], responses=ERROR_RESPONSES)
 
@@ -59,7 +59,8 @@ class TrainIn(BaseModel):
     )
     task: Literal["classify", "detect"] = "classify"
     config: dict[str, Any] = Field(
-        default_factory=dict, description="TrainConfig knobs (all optional: mode, seed, ...)"
+        default_factory=dict,
+        description="TrainConfig (classify) or DetectConfig (detect) knobs, all optional",
     )
 
 
@@ -115,17 +116,10 @@ def train(
     """Queue training: snapshot the dataset, train, evaluate on the frozen test
     split against the published version (gate), export a parity-checked ONNX
     and register a candidate model."""
-    from pydantic import ValidationError
-
-    from cloud.flywheel._train import TrainConfig
+    from cloud.flywheel._pipeline import train_config
 
     body = body or TrainIn()
-    try:
-        TrainConfig(**body.config)
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in ("config", *first["loc"]))
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    train_config(body.task, body.config)  # TrainConfig or DetectConfig knobs, checked now
     ds = _dataset(session, name)
     ds_id, ds_name = ds.id, ds.name
     session.close()
@@ -181,10 +175,33 @@ def confusion_png(
     if sha and catalog.blobs.exists(sha):
         return _png(catalog.blobs.get(sha))
     detail = m.metrics.get("detail")
-    if not detail:
+    if not detail or m.task == "detect":
         raise NotFound(f"model {model_id} has no evaluation to plot", field="model_id")
     with tempfile.TemporaryDirectory() as tmp:
         out = plot_confusion(Metrics.model_validate(detail), FsPath(tmp) / "c.png")
+        return _png(out.read_bytes())
+
+
+@router.get(
+    "/models/{model_id}/plots/pr.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "precision-recall curves"}},
+)
+def pr_png(
+    _: ViewerUser, session: SessionDep, catalog: CatalogDep, model_id: int = Path(ge=1, le=2**62)
+) -> Response:
+    """A detector's precision-recall curve per class (AP@0.5) on its frozen test split."""
+    from cloud.flywheel._evaluate import DetectMetrics, plot_pr_curves
+
+    m = _model(session, model_id)
+    sha = m.artifacts.get("pr_png")
+    if sha and catalog.blobs.exists(sha):
+        return _png(catalog.blobs.get(sha))
+    detail = m.metrics.get("detail")
+    if m.task != "detect" or not detail:
+        raise NotFound(f"model {model_id} has no detection evaluation to plot", field="model_id")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = plot_pr_curves(DetectMetrics.model_validate(detail), FsPath(tmp) / "pr.png")
         return _png(out.read_bytes())
 
 

@@ -104,7 +104,8 @@
     }
     $("train-btn").addEventListener("click", () => {
       const algorithm = $("train-algorithm").value.trim();
-      start("train", algorithm ? { algorithm } : {});
+      const task = $("train-task") ? $("train-task").value : "classify";
+      start("train", algorithm ? { algorithm, task } : { task });
     });
     $("pretrain-btn").addEventListener("click", () => start("pretrain", { epochs: +$("pretrain-epochs").value || 20 }));
     $("mine-btn").addEventListener("click", () =>
