@@ -138,8 +138,10 @@ def dataset_models(session: Session, ds: Dataset) -> list[Model]:
 def resolve_model(session: Session, ds: Dataset, ref: str | None) -> Model | None:
     """``algorithm@version``, or a version of the dataset's algorithm; by
     default the newest published model trained on ``ds``, else its newest
-    candidate, else None (no model yet: cold-start mining)."""
-    mine = dataset_models(session, ds)
+    candidate, else None (no model yet: cold-start mining). Scoring reads class
+    probabilities, so only classifiers count by default; a detector named explicitly is
+    refused (mining a box dataset runs on embeddings alone, like a cold start)."""
+    mine = [m for m in dataset_models(session, ds) if m.task == "classify"]
     if ref is None:
         usable = [m for m in mine if m.status in (ModelStatus.PUBLISHED, ModelStatus.CANDIDATE)]
         pub = [m for m in usable if m.status == ModelStatus.PUBLISHED]
@@ -157,7 +159,7 @@ def resolve_model(session: Session, ds: Dataset, ref: str | None) -> Model | Non
             )
             hint = f"versions of {alg!r}: {', '.join(known)}" if known else f"no model {alg!r}"
             raise NotFound(f"model version {ref!r} does not exist ({hint})", field="model")
-        return row
+        return _classifier(row)
     algs = {m.algorithm for m in mine} or {re.sub(r"[^A-Za-z0-9_.-]+", "-", ds.name).strip("-")}
     rows = list(
         session.scalars(select(Model).where(Model.algorithm.in_(algs), Model.version == ref))
@@ -174,7 +176,18 @@ def resolve_model(session: Session, ds: Dataset, ref: str | None) -> Model | Non
         raise MiningInputError(
             f"version {ref!r} is ambiguous ({names}); pass algorithm@version", field="model"
         )
-    return rows[0]
+    return _classifier(rows[0])
+
+
+def _classifier(row: Model) -> Model:
+    if row.task != "classify":
+        raise MiningInputError(
+            f"{row.algorithm}@{row.version} is a {row.task} model: mining scores class "
+            "probabilities, so it takes a classifier (omit --model to mine a box dataset on "
+            "embeddings alone)",
+            field="model",
+        )
+    return row
 
 
 def queued_sample_ids(session: Session, dataset_id: int) -> set[str]:

@@ -315,3 +315,19 @@ def test_model_choice_published_first_then_candidate(cat: Catalog) -> None:
         mine_dataset(cat, "street", budget=2, model_version="1.0.0")
     with pytest.raises(MiningInputError, match="detect model"):
         mine_dataset(cat, "street", budget=2, model_version="street_boxes@3.0.0")
+
+
+def test_detectors_are_not_used_to_score_a_pool(cat: Catalog) -> None:
+    """Mining scores class probabilities: a box detector on the dataset is skipped by
+    default (embeddings only, like a cold start) and refused when named."""
+    from cloud.catalog.models import Model
+
+    with cat.transaction() as s:
+        for m in s.scalars(select(Model)):
+            m.task = "detect"
+    before = _counts(cat)
+    with pytest.raises(MiningInputError, match="street@1.0.0 is a detect model"):
+        mine_dataset(cat, "street", budget=2, model_version="1.0.0")
+    assert _counts(cat) == before
+    out = mine_dataset(cat, "street", budget=2)
+    assert out.model is None and out.selected == 2
