@@ -319,7 +319,10 @@ def test_demo_console_main_path(tmp_path: Path, browser, artifacts_dir: Path) ->
                 f'section.device tr[data-algorithm="{ALGO}"] small.version'
             ).all_inner_texts()
             assert got and set(got) == {V2}, got  # what the devices were sent
-            assert f"planned with {V1}" in nav.inner_text("section.device small.planned >> nth=0")
+            # v2 entered the graph from its manifest: its measured cost differs, so the
+            # service may re-plan with v2; a plan kept from v1 says so next to the version
+            planned = nav.locator("section.device small.planned").all_inner_texts()
+            assert all(f"planned with {V1}" in p for p in planned), planned
             nav.screenshot(path=str(shots / "10_assignments_v2.png"), full_page=True)
             _nav(nav, base, "/overview")
             nav.wait_for_selector(f'#models .verbar[data-model="{ALGO}@{V2}"]')
