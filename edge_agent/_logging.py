@@ -18,11 +18,12 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: attributes every LogRecord has; anything else came from ``extra``
 _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
-) | {"message", "asctime", "taskName"}
+) | {"message", "asctime", "taskName", "color_message"}  # uvicorn's colour copy
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; ``fields`` (e.g. ``device``) are added to each."""
+    """One JSON object per record; ``fields`` (e.g. ``device``, ``service``) are added
+    to each. The cloud services use this one too (``cloud.core._logging``)."""
 
     def __init__(self, **fields: Any) -> None:
         super().__init__()

@@ -6,53 +6,21 @@ JSON: one object per line with ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
 traceback) when there is one; values JSON cannot hold are written as text.
 The format is ``configure_logging``'s argument, else the global
 ``citybrain --log-format`` option, else ``Settings.log_format``
-(``CITYBRAIN_LOG_FORMAT``). The edge agent has its own copy
-(``edge_agent._logging``), since it cannot import cloud.
+(``CITYBRAIN_LOG_FORMAT``). The JSON formatter is the edge agent's
+(``edge_agent.JsonFormatter``): one line format for devices and cloud.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
+
+from edge_agent import JsonFormatter
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-#: attributes every LogRecord has; anything else came from ``extra``
-_STANDARD = frozenset(
-    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
-) | {"message", "asctime", "taskName", "color_message"}
-
 _cli_format: list[str | None] = [None]  # set by the global --log-format option
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record; ``fields`` (e.g. ``service``) are added to each."""
-
-    def __init__(self, **fields: Any) -> None:
-        super().__init__()
-        self.fields = fields
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **self.fields,
-        }
-        for k, v in record.__dict__.items():
-            if k not in _STANDARD and not k.startswith("_") and k not in out:
-                out[k] = v
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            out["exc"] = record.exc_text
-        if record.stack_info:
-            out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
 
 
 def set_cli_format(fmt: str | None) -> None:

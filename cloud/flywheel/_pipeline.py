@@ -452,6 +452,24 @@ def _check_published_task(catalog: Catalog, algorithm: str, task: str) -> Model 
     return current
 
 
+def _register(
+    s: Any, row: Model, tid: str, ver: Any, ds: Any, backbone: str, onnx_sha: str
+) -> None:
+    """Add a trained model's row with its lineage: dataset version and backbone in,
+    model and ONNX blob out, all on the training task."""
+    s.add(row)
+    s.flush()
+    for direction, entity, eid, role in [
+        ("input", "dataset_version", str(ver.id), f"{ds.name}@{ver.number}"),
+        ("input", "embedding", backbone, "backbone"),
+        ("output", "model", str(row.id), f"{row.algorithm}@{row.version}"),
+        ("output", "blob", onnx_sha, "onnx"),
+    ]:
+        s.add(
+            LineageEdge(task_id=tid, direction=direction, entity=entity, entity_id=eid, role=role)
+        )
+
+
 def train_dataset(
     catalog: Catalog,
     dataset: str,
@@ -590,21 +608,8 @@ def train_dataset(
                 },
                 artifacts={"onnx": onnx_sha, "confusion_png": cm_sha},
             )
-            s.add(row)
-            s.flush()
-            for direction, entity, eid, role in [
-                ("input", "dataset_version", str(ver.id), f"{ds.name}@{ver.number}"),
-                ("input", "embedding", backbone.name, "backbone"),
-                ("output", "model", str(row.id), f"{algorithm}@{version}"),
-                ("output", "blob", onnx_sha, "onnx"),
-            ]:
-                s.add(
-                    LineageEdge(
-                        task_id=tid, direction=direction, entity=entity, entity_id=eid, role=role
-                    )
-                )
-            t = s.get(Task, tid)
-            t.result = {
+            _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
+            s.get(Task, tid).result = {
                 "model_id": row.id,
                 "algorithm": algorithm,
                 "version": version,
@@ -793,21 +798,8 @@ def _train_detect(
                 },
                 artifacts={"onnx": onnx_sha, "pr_png": pr_sha},
             )
-            s.add(row)
-            s.flush()
-            for direction, entity, eid, role in [
-                ("input", "dataset_version", str(ver.id), f"{ds.name}@{ver.number}"),
-                ("input", "embedding", backbone.name, "backbone"),
-                ("output", "model", str(row.id), f"{algorithm}@{version}"),
-                ("output", "blob", onnx_sha, "onnx"),
-            ]:
-                s.add(
-                    LineageEdge(
-                        task_id=tid, direction=direction, entity=entity, entity_id=eid, role=role
-                    )
-                )
-            t = s.get(Task, tid)
-            t.result = {
+            _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
+            s.get(Task, tid).result = {
                 "model_id": row.id,
                 "algorithm": algorithm,
                 "version": version,
