@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -408,15 +409,40 @@ def published_model(catalog: Catalog, algorithm: str) -> Model | None:
     return max(rows, key=lambda m: semver_key(m.version)) if rows else None
 
 
+def _onnx_path(catalog: Catalog, onnx_sha: str) -> Path:
+    """Local file of a stored ONNX model (the scoring runtimes read files)."""
+    path = catalog.blobs.path(onnx_sha) if hasattr(catalog.blobs, "path") else None
+    if path is None:
+        raise NotFound("published model's ONNX is not on this blob store")
+    return path
+
+
+@contextmanager
+def _scratch(catalog: Catalog, tid: str) -> Iterator[Path]:
+    """A training task's scratch folder (export, plots), removed when done."""
+    tmp = catalog.tmp_dir / f"train-{tid}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _require_parity(parity: Any) -> None:
+    if not parity.ok:
+        raise InvalidInput(
+            f"ONNX parity check failed: max |diff| {parity.max_abs_diff:.2e} > {parity.atol}"
+        )
+
+
 def _onnx_probs(catalog: Catalog, onnx_sha: str, images: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     from cloud.flywheel._backbones import normalize
 
-    path = catalog.blobs.path(onnx_sha) if hasattr(catalog.blobs, "path") else None
-    if path is None:
-        raise NotFound("published model's ONNX is not on this blob store")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(_onnx_path(catalog, onnx_sha)), providers=["CPUExecutionProvider"]
+    )
     logits = sess.run(None, {"input": normalize(images)})[0]
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -569,57 +595,50 @@ def train_dataset(
             )
         decision = gate(metrics, baseline)
         report(0.85, f"accuracy {metrics.accuracy:.3f}; gate: {decision.reason}")
-        tmp = catalog.tmp_dir / f"train-{tid}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        onnx_path = export_onnx(model, tmp / "model.onnx")
-        parity = parity_check(model, onnx_path, x_test[:32])
-        if not parity.ok:
-            raise InvalidInput(
-                f"ONNX parity check failed: max |diff| {parity.max_abs_diff:.2e} > {parity.atol}"
-            )
-        onnx_sha = catalog.blobs.put(onnx_path)
-        cm_sha = catalog.blobs.put(plot_confusion(metrics, tmp / "confusion.png"))
-        version = _next_version(catalog, algorithm)
-        with catalog.transaction() as s:
-            row = Model(
-                algorithm=algorithm,
-                version=version,
-                task=task,
-                status=ModelStatus.CANDIDATE,
-                dataset_version_id=ver.id,
-                task_id=tid,
-                backbone=backbone.name,
-                labels=list(ds.labels),
-                params={
-                    **params,
-                    "mode": model.mode,
-                    "train_labels": len(train),
-                    "preprocess": preprocess_contract(model.input_size),
-                    "baseline_version": current.version if current else None,
-                },
-                metrics={
+        with _scratch(catalog, tid) as tmp:
+            onnx_path = export_onnx(model, tmp / "model.onnx")
+            parity = parity_check(model, onnx_path, x_test[:32])
+            _require_parity(parity)
+            onnx_sha = catalog.blobs.put(onnx_path)
+            cm_sha = catalog.blobs.put(plot_confusion(metrics, tmp / "confusion.png"))
+            version = _next_version(catalog, algorithm)
+            with catalog.transaction() as s:
+                row = Model(
+                    algorithm=algorithm,
+                    version=version,
+                    task=task,
+                    status=ModelStatus.CANDIDATE,
+                    dataset_version_id=ver.id,
+                    task_id=tid,
+                    backbone=backbone.name,
+                    labels=list(ds.labels),
+                    params={
+                        **params,
+                        "mode": model.mode,
+                        "train_labels": len(train),
+                        "preprocess": preprocess_contract(model.input_size),
+                        "baseline_version": current.version if current else None,
+                    },
+                    metrics={
+                        "accuracy": metrics.accuracy,
+                        "balanced_accuracy": metrics.balanced_accuracy,
+                        "ece": metrics.ece,
+                        "test_n": metrics.n,
+                        "detail": metrics.model_dump(),
+                        "gate": decision.model_dump(),
+                        "parity": parity.model_dump(),
+                    },
+                    artifacts={"onnx": onnx_sha, "confusion_png": cm_sha},
+                )
+                _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
+                s.get(Task, tid).result = {
+                    "model_id": row.id,
+                    "algorithm": algorithm,
+                    "version": version,
                     "accuracy": metrics.accuracy,
-                    "balanced_accuracy": metrics.balanced_accuracy,
-                    "ece": metrics.ece,
-                    "test_n": metrics.n,
-                    "detail": metrics.model_dump(),
                     "gate": decision.model_dump(),
-                    "parity": parity.model_dump(),
-                },
-                artifacts={"onnx": onnx_sha, "confusion_png": cm_sha},
-            )
-            _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
-            s.get(Task, tid).result = {
-                "model_id": row.id,
-                "algorithm": algorithm,
-                "version": version,
-                "accuracy": metrics.accuracy,
-                "gate": decision.model_dump(),
-            }
-            model_id = row.id
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+                }
+                model_id = row.id
         report(1.0, f"registered {algorithm} {version} (candidate)")
         return TrainOutcome(
             task_id=tid,
@@ -736,82 +755,71 @@ def _train_detect(
             pretrained=pretrained,
             progress=lambda f, m: report(0.1 + 0.7 * f, m),
         )
-        tmp = catalog.tmp_dir / f"train-{tid}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        onnx_path = export_detector_onnx(model, tmp / "model.onnx")
-        parity = detector_parity_check(model, onnx_path, x_test[:16])
-        if not parity.ok:
-            raise InvalidInput(
-                f"ONNX parity check failed: max |diff| {parity.max_abs_diff:.2e} > {parity.atol}"
+        with _scratch(catalog, tid) as tmp:
+            onnx_path = export_detector_onnx(model, tmp / "model.onnx")
+            parity = detector_parity_check(model, onnx_path, x_test[:16])
+            _require_parity(parity)
+            # the exported artifact is what is scored, as the published one is
+            metrics = evaluate_detections(
+                decode_rows(onnx_rows(onnx_path, x_test)), y_test, ds.labels
             )
-        # the exported artifact is what is scored, as the published one is
-        metrics = evaluate_detections(decode_rows(onnx_rows(onnx_path, x_test)), y_test, ds.labels)
-        baseline = None
-        if current is not None and current.artifacts.get("onnx"):
-            path = (
-                catalog.blobs.path(current.artifacts["onnx"])
-                if hasattr(catalog.blobs, "path")
-                else None
-            )
-            if path is None:
-                raise NotFound("published model's ONNX is not on this blob store")
-            bsize = int(current.params["preprocess"]["resize"][0])
-            xb = (
-                x_test
-                if bsize == size
-                else load_images(catalog, [it.sample_id for it in test], bsize)
-            )
-            baseline = evaluate_detections(decode_rows(onnx_rows(path, xb)), y_test, ds.labels)
-        decision = gate(metrics, baseline, metric="map50")
-        report(0.9, f"mAP@0.5 {metrics.map50:.3f}; gate: {decision.reason}")
-        onnx_sha = catalog.blobs.put(onnx_path)
-        pr_sha = catalog.blobs.put(plot_pr_curves(metrics, tmp / "pr.png"))
-        version = _next_version(catalog, algorithm)
-        with catalog.transaction() as s:
-            row = Model(
-                algorithm=algorithm,
-                version=version,
-                task="detect",
-                status=ModelStatus.CANDIDATE,
-                dataset_version_id=ver.id,
-                task_id=tid,
-                backbone=model.backbone_name,
-                labels=list(ds.labels),
-                params={
-                    **params,
-                    "config": model.config,
-                    "mode": model.mode,
-                    "train_labels": len(train),
-                    "train_boxes": n_boxes,
-                    "history": model.history[-1:] if model.history else [],
-                    "preprocess": preprocess_contract(size),
-                    "postprocess": postprocess_contract(config),
-                    "baseline_version": current.version if current else None,
-                },
-                metrics={
+            baseline = None
+            if current is not None and current.artifacts.get("onnx"):
+                path = _onnx_path(catalog, current.artifacts["onnx"])
+                bsize = int(current.params["preprocess"]["resize"][0])
+                xb = (
+                    x_test
+                    if bsize == size
+                    else load_images(catalog, [it.sample_id for it in test], bsize)
+                )
+                baseline = evaluate_detections(decode_rows(onnx_rows(path, xb)), y_test, ds.labels)
+            decision = gate(metrics, baseline, metric="map50")
+            report(0.9, f"mAP@0.5 {metrics.map50:.3f}; gate: {decision.reason}")
+            onnx_sha = catalog.blobs.put(onnx_path)
+            pr_sha = catalog.blobs.put(plot_pr_curves(metrics, tmp / "pr.png"))
+            version = _next_version(catalog, algorithm)
+            with catalog.transaction() as s:
+                row = Model(
+                    algorithm=algorithm,
+                    version=version,
+                    task="detect",
+                    status=ModelStatus.CANDIDATE,
+                    dataset_version_id=ver.id,
+                    task_id=tid,
+                    backbone=model.backbone_name,
+                    labels=list(ds.labels),
+                    params={
+                        **params,
+                        "config": model.config,
+                        "mode": model.mode,
+                        "train_labels": len(train),
+                        "train_boxes": n_boxes,
+                        "history": model.history[-1:] if model.history else [],
+                        "preprocess": preprocess_contract(size),
+                        "postprocess": postprocess_contract(config),
+                        "baseline_version": current.version if current else None,
+                    },
+                    metrics={
+                        "map50": metrics.map50,
+                        "test_n": metrics.n,
+                        "test_boxes": metrics.boxes,
+                        "detail": metrics.model_dump(),
+                        "gate": decision.model_dump(),
+                        "parity": parity.model_dump(),
+                    },
+                    artifacts={"onnx": onnx_sha, "pr_png": pr_sha},
+                )
+                _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
+                s.get(Task, tid).result = {
+                    "model_id": row.id,
+                    "algorithm": algorithm,
+                    "version": version,
+                    "task": "detect",
                     "map50": metrics.map50,
-                    "test_n": metrics.n,
-                    "test_boxes": metrics.boxes,
-                    "detail": metrics.model_dump(),
+                    "config": model.config,
                     "gate": decision.model_dump(),
-                    "parity": parity.model_dump(),
-                },
-                artifacts={"onnx": onnx_sha, "pr_png": pr_sha},
-            )
-            _register(s, row, tid, ver, ds, backbone.name, onnx_sha)
-            s.get(Task, tid).result = {
-                "model_id": row.id,
-                "algorithm": algorithm,
-                "version": version,
-                "task": "detect",
-                "map50": metrics.map50,
-                "config": model.config,
-                "gate": decision.model_dump(),
-            }
-            model_id = row.id
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+                }
+                model_id = row.id
         report(1.0, f"registered {algorithm} {version} (candidate detector)")
         return TrainOutcome(
             task_id=tid,
