@@ -355,6 +355,28 @@ class ChunkService:
         self.stats.last_reject = why
         log.warning("chunk request refused: %s", why)
 
+    def _refuse(
+        self,
+        topic: str,
+        corr: bytes | None,
+        status: str,
+        error: str,
+        *,
+        req: ChunkRequest | None = None,
+        total: int = 0,
+    ) -> None:
+        """Count and answer a request that gets no bytes (``status`` names the counter)."""
+        self.stats.add(**{status: 1})
+        header = ChunkReplyHeader(
+            sha256=req.sha256 if req else _ZERO_SHA,
+            offset=req.offset if req else 0,
+            length=0,
+            total=total,
+            status=status,
+            error=error,
+        )
+        self._reply(topic, corr, header)
+
     def _reply(
         self, topic: str, corr: bytes | None, header: ChunkReplyHeader, payload: bytes = b""
     ) -> None:
@@ -388,19 +410,7 @@ class ChunkService:
                 and len(parts) == 5
                 and parts[4] == "chunk"
             ):
-                self.stats.add(bad_request=1)
-                self._reply(
-                    response_topic,
-                    corr,
-                    ChunkReplyHeader(
-                        sha256=_ZERO_SHA,
-                        offset=0,
-                        length=0,
-                        total=0,
-                        status="bad_request",
-                        error=str(e)[:300],
-                    ),
-                )
+                self._refuse(response_topic, corr, "bad_request", str(e)[:300])
             self._reject(f"invalid request: {e}")
             return
         expected = Topics.chunk(req.device)
@@ -412,34 +422,11 @@ class ChunkService:
         try:
             fd, total = self._fd(req.sha256)
         except NotFound as e:
-            self.stats.add(not_found=1)
-            self._reply(
-                expected,
-                corr,
-                ChunkReplyHeader(
-                    sha256=req.sha256,
-                    offset=req.offset,
-                    length=0,
-                    total=0,
-                    status="not_found",
-                    error=str(e),
-                ),
-            )
+            self._refuse(expected, corr, "not_found", str(e), req=req)
             return
         if req.offset >= total:
-            self.stats.add(bad_request=1)
-            self._reply(
-                expected,
-                corr,
-                ChunkReplyHeader(
-                    sha256=req.sha256,
-                    offset=req.offset,
-                    length=0,
-                    total=total,
-                    status="bad_request",
-                    error=f"offset {req.offset} is past the end ({total} bytes)",
-                ),
-            )
+            error = f"offset {req.offset} is past the end ({total} bytes)"
+            self._refuse(expected, corr, "bad_request", error, req=req, total=total)
             return
         length = min(req.length, total - req.offset)
         limit = self.chunk_limit
@@ -447,22 +434,11 @@ class ChunkService:
         if broker and corr:  # the echoed correlation data travels in the same packet
             limit = max(0, min(limit, broker - _REPLY_OVERHEAD - len(corr)))
         if length > limit:
-            self.stats.add(bad_request=1)
-            self._reply(
-                expected,
-                corr,
-                ChunkReplyHeader(
-                    sha256=req.sha256,
-                    offset=req.offset,
-                    length=0,
-                    total=total,
-                    status="bad_request",
-                    error=(
-                        f"chunk of {length} bytes is over the limit of {limit} bytes "
-                        f"({self._limit_reason()}); ask for at most {limit}"
-                    ),
-                ),
+            error = (
+                f"chunk of {length} bytes is over the limit of {limit} bytes "
+                f"({self._limit_reason()}); ask for at most {limit}"
             )
+            self._refuse(expected, corr, "bad_request", error, req=req, total=total)
             return
         data = self._read(req.sha256, fd, req.offset, length)
         header = ChunkReplyHeader(
