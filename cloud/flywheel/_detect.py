@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.errors import InvalidInput
 from cloud.flywheel._backbones import MEAN, STD, normalize
+from cloud.flywheel._export import export_module
 
 Progress = Callable[[float, str], None]
 
@@ -573,26 +574,7 @@ def postprocess_contract(cfg: DetectConfig | dict[str, Any]) -> dict[str, Any]:
 
 def export_detector_onnx(model: TrainedDetector, out: Path, *, opset: int = 17) -> Path:
     """ONNX: ``input`` float32 [N, 3, S, S] -> ``boxes`` [N, K, 6]."""
-    import onnx
-    import torch
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.onnx")
-    model.module.eval()
-    torch.onnx.export(
-        model.module,
-        (torch.zeros(1, 3, model.input_size, model.input_size),),
-        str(tmp),
-        input_names=["input"],
-        output_names=["boxes"],
-        dynamic_axes={"input": {0: "N"}, "boxes": {0: "N"}},
-        opset_version=opset,
-        dynamo=False,
-    )
-    onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-    tmp.replace(out)
-    return out
+    return export_module(model.module, model.input_size, out, output="boxes", opset=opset)
 
 
 def detector_parity_check(

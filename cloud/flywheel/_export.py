@@ -41,29 +41,34 @@ def preprocess_contract(input_size: int) -> dict[str, Any]:
     }
 
 
-def export_onnx(model: TrainedClassifier, out: Path, *, opset: int = 17) -> Path:
+def export_module(module: Any, input_size: int, out: Path, *, output: str, opset: int = 17) -> Path:
+    """Export a torch module ``input`` float32 [N, 3, S, S] -> ``output`` [N, ...] to
+    ONNX (dynamic batch), check it with ``onnx.checker`` and move it into place."""
+    import onnx
     import torch
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, model.input_size, model.input_size)
     tmp = out.with_suffix(".tmp.onnx")
-    model.module.eval()
+    module.eval()
     torch.onnx.export(
-        model.module,
-        (dummy,),
+        module,
+        (torch.zeros(1, 3, input_size, input_size),),
         str(tmp),
         input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        output_names=[output],
+        dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
         opset_version=opset,
         dynamo=False,
     )
-    import onnx
-
     onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
     tmp.replace(out)
     return out
+
+
+def export_onnx(model: TrainedClassifier, out: Path, *, opset: int = 17) -> Path:
+    """ONNX: ``input`` float32 [N, 3, S, S] -> ``logits`` [N, C]."""
+    return export_module(model.module, model.input_size, out, output="logits", opset=opset)
 
 
 def parity_check(
