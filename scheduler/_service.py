@@ -364,7 +364,7 @@ class ReplanService:
                 self._to_sync |= algorithms
             return
         log.info("algorithms entered from the store: %s", ", ".join(entered))
-        self._refresh_graph_index()
+        self._refresh_graph_index(graph)  # the graph just saved: no second load
         self._graph_revision = rev  # our own change: the poll must not re-solve for it
         if resolve:
             with self._lock:
@@ -381,10 +381,12 @@ class ReplanService:
             graph.algorithm_cost(alg),
         )
 
-    def _refresh_graph_index(self) -> Any:
+    def _refresh_graph_index(self, graph: Any = None) -> Any:
+        """Index the devices and algorithms of ``graph`` (default: the stored one)."""
         import knowledge_graph as kg
 
-        graph = kg.load(self.engine)
+        if graph is None:
+            graph = kg.load(self.engine)
         self._graph_devices = set(graph.nodes(kg.NodeType.DEVICE))
         self._graph_algorithms = set(graph.nodes(kg.NodeType.ALGORITHM))
         if self._graph_revision is None:
