@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     ray_min_samples: int = Field(
         default=10_000,
         ge=0,
-        description="embedding jobs with fewer missing samples run in-process, not on Ray",
+        description="embedding and pool-scoring jobs with fewer samples to do run "
+        "in-process, not on Ray",
     )
     ray_blob_paths: bool = Field(
         default=False,

@@ -57,6 +57,7 @@ from cloud.catalog.models import (
     TaskStatus,
 )
 from cloud.errors import NotFound
+from cloud.flywheel._ray import Executor, choose_executor, fan_out, model_payload
 from cloud.flywheel.mining import (
     BudgetExceedsPool,
     MiningInputError,
@@ -407,9 +408,14 @@ def _score_pool(
     *,
     progress: Progress,
     check: Callable[[], None] | None,
+    executor: Executor = "auto",
 ) -> np.ndarray:
     """Class probabilities of ``ids`` by the model's ONNX into
-    ``workdir/probs.f32``, one flag per batch in ``workdir/scored.u8``."""
+    ``workdir/probs.f32``, one flag per batch in ``workdir/scored.u8``.
+    In-process, or fanned out over Ray workers when the batches still to
+    score hold ``Settings.ray_min_samples`` samples or more
+    (:func:`cloud.flywheel._ray.choose_executor`); either way batches are
+    kept in order as they finish, so an interrupted run scores only the rest."""
     from cloud.flywheel._backbones import normalize
     from cloud.flywheel._pipeline import load_images
 
@@ -423,23 +429,42 @@ def _score_pool(
     probs = np.memmap(probs_path, dtype=np.float32, mode=mode, shape=(n, c))
     done = np.memmap(done_path, dtype=np.uint8, mode=mode, shape=(nb,))
     todo = [b for b in range(nb) if not done[b]]
-    for k, b in enumerate(todo):
-        if check:
-            check()
-        s, e = b * SCORE_BATCH, min(n, (b + 1) * SCORE_BATCH)
-        logits = sess.run(None, {name: normalize(load_images(catalog, ids[s:e], size))})[0]
+    spans = [(b * SCORE_BATCH, min(n, (b + 1) * SCORE_BATCH)) for b in todo]
+    tag = f"{model.algorithm}@{model.version}"
+
+    def keep(k: int, logits: np.ndarray, where: str) -> None:
+        s, e = spans[k]
         if logits.shape != (e - s, c):
             raise MiningInputError(
-                f"model {model.algorithm}@{model.version} returns shape {logits.shape}, "
-                f"expected {(e - s, c)} for its {c} labels",
+                f"model {tag} returns shape {logits.shape}, expected {(e - s, c)} for its "
+                f"{c} labels",
                 field="model",
             )
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs[s:e] = z / z.sum(axis=1, keepdims=True)
         probs.flush()
-        done[b] = 1
+        done[todo[k]] = 1
         done.flush()
-        progress((k + 1) / len(todo), f"scored {e}/{n} with {model.algorithm}@{model.version}")
+        progress((k + 1) / len(todo), f"scored {e}/{n} with {tag}{where}")
+
+    where, why = choose_executor(sum(e - s for s, e in spans), catalog.settings, executor)
+    if spans:
+        progress(0.0, f"scoring {sum(e - s for s, e in spans)} samples with {tag}: {why}")
+    if where == "local":
+        for k, (s, e) in enumerate(spans):
+            if check:
+                check()
+            keep(k, sess.run(None, {name: normalize(load_images(catalog, ids[s:e], size))})[0], "")
+    elif spans:
+        sha = (model.artifacts or {})["onnx"]
+        payload = model_payload(catalog.blobs.get(sha), tag, size, c, name)
+
+        def deliver(k: int, logits: np.ndarray, where: str) -> None:
+            keep(k, logits, where)
+            if check:
+                check()
+
+        fan_out(catalog, payload, [ids[s:e] for s, e in spans], deliver)
     return np.memmap(probs_path, dtype=np.float32, mode="r", shape=(n, c))
 
 

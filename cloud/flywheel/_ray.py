@@ -318,24 +318,69 @@ def _embed_ray(
     run: EmbedRun,
     progress: Progress | None,
 ) -> None:
+    total, done = sum(map(len, batches)), 0
+
+    def deliver(b: int, vectors: np.ndarray, where: str) -> None:
+        nonlocal done
+        store.add(batches[b], vectors)
+        done += len(batches[b])
+        _report(progress, done, total, where)
+
+    run.address, run.workers, run.nodes = fan_out(
+        catalog,
+        backbone_payload(backbone),
+        batches,
+        deliver,
+        started=lambda where: _report(progress, 0, total, where),
+    )
+
+
+def model_payload(
+    onnx: bytes, name: str, input_size: int, outputs: int, input_name: str
+) -> dict[str, Any]:
+    """A whole ONNX model (image -> ``[N, outputs]``, e.g. a classifier's
+    logits) in the form :func:`load_payload` loads, so the embedding workers
+    can run it too."""
+    return {
+        "kind": "onnx",
+        "data": onnx,
+        "input_name": input_name,
+        "name": name,
+        "input_size": input_size,
+        "dim": outputs,
+    }
+
+
+def fan_out(
+    catalog: Catalog,
+    payload: dict[str, Any],
+    batches: Sequence[Sequence[str]],
+    deliver: Callable[[int, np.ndarray, str], None],
+    *,
+    started: Callable[[str], None] | None = None,
+) -> tuple[str, int, dict[str, int]]:
+    """Run ``payload``'s model over the images of ``batches`` on a pool of Ray
+    actors; ``deliver(batch_no, outputs, where)`` is called in batch order as
+    soon as every earlier batch is in (so a caller that keeps each delivered
+    batch can resume after an interruption). Returns (GCS address, actors,
+    node id -> batches it ran). A worker's :class:`CitybrainError` reaches the
+    caller as itself."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     settings = catalog.settings
-    run.address = connect(settings)
+    address = connect(settings)
     by_path = settings.ray_blob_paths and hasattr(catalog.blobs, "path")
-    payload = ray.put(backbone_payload(backbone))
+    ref = ray.put(payload)
     cpus = int(ray.available_resources().get("CPU", 0))
-    run.workers = max(1, min(len(batches), cpus))
+    workers = max(1, min(len(batches), cpus))
     worker_cls = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(EmbedWorker)
-    actors = [
-        worker_cls.options(scheduling_strategy="SPREAD").remote(payload) for _ in range(run.workers)
-    ]
-    total = sum(map(len, batches))
-    where = f" on Ray ({run.workers} workers)"
-    _report(progress, 0, total, where)
+    actors = [worker_cls.options(scheduling_strategy="SPREAD").remote(ref) for _ in range(workers)]
+    where = f" on Ray ({workers} workers)"
+    if started:
+        started(where)
 
-    def items(ids: list[str]) -> list[bytes | str]:
+    def items(ids: Sequence[str]) -> list[bytes | str]:
         if by_path:
             return [str(Path(catalog.blobs.path(s)).resolve()) for s in ids]
         return [catalog.blobs.get(s) for s in ids]
@@ -344,7 +389,7 @@ def _embed_ray(
     pending: dict[Any, tuple[int, int]] = {}  # ref -> (batch no, actor no)
     load = [0] * len(actors)
     results: dict[int, np.ndarray] = {}
-    submitted = written = done = 0
+    submitted = written = 0
     window = IN_FLIGHT_PER_ACTOR * len(actors)
     try:
         while written < len(batches):
@@ -354,7 +399,7 @@ def _embed_ray(
                 if load[a] >= IN_FLIGHT_PER_ACTOR:
                     break
                 ids = batches[submitted]
-                pending[actors[a].embed.remote(items(ids), ids)] = (submitted, a)
+                pending[actors[a].embed.remote(items(ids), list(ids))] = (submitted, a)
                 load[a] += 1
                 submitted += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -368,16 +413,13 @@ def _embed_ray(
                     raise cause from None
                 raise
             except RayActorError as e:
-                raise Unavailable(f"a Ray embedding worker died: {str(e)[:300]}") from None
+                raise Unavailable(f"a Ray worker died: {str(e)[:300]}") from None
             results[b] = vectors
             nodes[node] += 1
-            while written in results:  # in sample order, as soon as the prefix is complete
-                ids = batches[written]
-                store.add(ids, results.pop(written))
+            while written in results:  # in batch order, as soon as the prefix is complete
+                deliver(written, results.pop(written), f"{where}, {len(nodes)} nodes so far")
                 written += 1
-                done += len(ids)
-                _report(progress, done, total, f"{where}, {len(nodes)} nodes so far")
     finally:
         for actor in actors:
             ray.kill(actor)
-    run.nodes = dict(nodes)
+    return address, workers, dict(nodes)

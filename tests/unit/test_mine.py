@@ -289,6 +289,29 @@ def test_interrupted_run_resumes_and_never_opens_a_second_task(
     assert [i.sample_id for i in fresh.items] == [i.sample_id for i in out.items]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pool_scoring_fans_out_over_ray_by_size(cat: Catalog, world, tmp_path: Path) -> None:
+    import ray
+
+    local = mine_dataset(cat, "street", budget=6)
+    root, _ = world
+    shutil.copytree(root, tmp_path / "ray")
+    msgs: list[str] = []
+    try:
+        with Catalog.open(Settings(data_dir=tmp_path / "ray", ray_min_samples=10)) as c2:
+            out = mine_dataset(c2, "street", budget=6, progress=lambda f, m: msgs.append(m))
+    finally:
+        ray.shutdown()
+    assert any("ray_min_samples=10" in m for m in msgs if m.startswith("scoring"))  # by size
+    assert any(m.startswith("scored") and "on Ray" in m for m in msgs)
+    assert [i.sample_id for i in out.items] == [i.sample_id for i in local.items]
+    assert [i.prelabel for i in out.items] == [i.prelabel for i in local.items]
+    np.testing.assert_allclose(
+        [i.prelabel_score for i in out.items], [i.prelabel_score for i in local.items], rtol=1e-4
+    )
+
+
 def test_model_choice_published_first_then_candidate(cat: Catalog) -> None:
     from cloud.catalog.models import Model, ModelStatus
 
