@@ -6,20 +6,22 @@
 
 Sets:
 - ``digits``: sklearn's 8×8 digits (1,797 images, 10 classes), raw pixels as
-  features (64-d);
+  features (64-d), or with ``--extractor simclr`` SimCLR on the images;
 - ``vtest``: real crops of OpenCV's ``vtest.avi`` (``../shared/data``), 1,255
   48×48 crops in 4 classes labeled by rule (``benchmarks/mining_vtest_set.py``
   says how and its limits): ``person`` 912, ``grass`` 166, ``paved_or_built``
-  136 and the rarer ``group`` 41 (3.3 %), features by ``hog-color-pca``;
+  136 and the rarer ``group`` 41 (3.3 %);
 - ``city``: a generated city-crop set (``cloud.flywheel.mining._synthetic``):
   5 common classes × 300 + a rare ``fire`` class of 15 (1%), 32×32 PNGs written
   to a temp dir and read back through the harness's default offline extractor
   (``hog-color-pca``), exactly what ``citybrain flywheel simulate`` does.
 
-Model: the harness's default ``train_eval`` (logistic regression on
-pool-standardised frozen features, retrained each round); ``--trainer
-flywheel-head`` uses the Train button's head instead, ``--city-extractor simclr``
-pretrains SimCLR on the city pool first (slow on 2 cores). Split: stratified 20%
+Model: the harness's default ``train_eval``, the Train button's head
+(class-balanced logistic regression on standardised frozen features, retrained
+each round); ``--trainer logistic`` uses sklearn's unweighted one instead,
+``--extractor simclr`` pretrains SimCLR on each image set's pool first (≈ 10 min
+for 30 epochs on 2 cores). ``--auto-cfg JSON`` runs ``auto`` with other
+parameters (e.g. ``'{"low": "probcover"}'``) for ablations. Split: stratified 20%
 test, seed 0. For each strategy: mean accuracy per budget (5 seeds), area under
 the learning curve (AULC, trapezoid over the budget axis, normalised), labels
 needed to reach 90% of full supervision (interpolated), and — for the city
@@ -60,7 +62,15 @@ def load_set(
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
-        return x.astype(np.float32), y, None
+        if extractor != "simclr":
+            return x.astype(np.float32), y, None
+        import cv2
+
+        with tempfile.TemporaryDirectory(prefix="digits_") as tmp:
+            paths = [f"{tmp}/{i:04d}.png" for i in range(len(x))]
+            for p, img in zip(paths, x, strict=True):
+                cv2.imwrite(p, np.clip(img.reshape(8, 8) * 16, 0, 255).astype(np.uint8))
+            return extract_features("simclr", paths, epochs=epochs), y, None
     if name == "city":
         with tempfile.TemporaryDirectory(prefix="city_") as tmp:
             csv = make_city_set(tmp, n_per_class=300, n_rare=15, seed=0)
@@ -76,7 +86,8 @@ def load_set(
             csv = make_vtest_set(tmp)
             rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
             paths = [f"{tmp}/images/{r[0]}" for r in rows]
-            x = extract_features("hog-color-pca", paths)
+            opts = {"epochs": epochs} if extractor == "simclr" else {}
+            x = extract_features(extractor, paths, **opts)
         return x, np.asarray([r[1] for r in rows]), "group"
     raise SystemExit(f"unknown set {name}")
 
@@ -92,16 +103,22 @@ def main() -> None:
             ["auto", "random"] + [s for s in STRATEGIES if s not in ("auto", "random")]
         ),
     )
-    ap.add_argument("--city-extractor", default="hog-color-pca", choices=sorted(EXTRACTORS))
+    ap.add_argument(
+        "--extractor",
+        default="hog-color-pca",
+        choices=sorted(EXTRACTORS),
+        help="features of the image sets (digits: raw pixels unless simclr)",
+    )
     ap.add_argument("--pretrain-epochs", type=int, default=10)
-    ap.add_argument("--trainer", default="logistic", choices=sorted(TRAINERS))
+    ap.add_argument("--trainer", default="flywheel-head", choices=sorted(TRAINERS))
+    ap.add_argument("--auto-cfg", default="{}", help="JSON parameters for auto")
     ap.add_argument("--out", help="folder for SET.json (the simulate result) and SET.png (curves)")
     a = ap.parse_args()
     budgets = [int(b) for b in a.budgets.split(",")]
     names = a.strategies.split(",")
     for set_name in a.sets.split(","):
         t = time.perf_counter()
-        x, y, rare = load_set(set_name, a.city_extractor, a.pretrain_epochs)
+        x, y, rare = load_set(set_name, a.extractor, a.pretrain_epochs)
         found: dict[tuple[str, int], int] = defaultdict(int)
 
         def on_round(strategy, seed, budget, revealed, acc, rare=rare, found=found):
@@ -109,7 +126,14 @@ def main() -> None:
                 found[(strategy, budget)] += 1
 
         res = simulate(
-            x, y, budgets, names, seeds=a.seeds, on_round=on_round, train_eval=TRAINERS[a.trainer]
+            x,
+            y,
+            budgets,
+            names,
+            seeds=a.seeds,
+            on_round=on_round,
+            train_eval=TRAINERS[a.trainer],
+            strategy_cfg={"auto": json.loads(a.auto_cfg)},
         )
         summ = curve_summary(res)
         if a.out:

@@ -126,10 +126,10 @@ def simulate(
         10, "--pretrain-epochs", help="SimCLR epochs on the pool (--extractor simclr)."
     ),
     trainer: str = typer.Option(
-        "logistic",
+        "flywheel-head",
         "--trainer",
-        help="Model retrained each round: logistic (sklearn) or flywheel-head (the "
-        "Train button's frozen-embedding head).",
+        help="Model retrained each round: flywheel-head (the Train button's "
+        "frozen-embedding head) or logistic (sklearn, no class weights).",
     ),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stratified test split."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),

@@ -15,12 +15,12 @@
 
 ``train_eval`` is pluggable: ``train_eval(x_lab, y_lab, x_test, y_test, x_pool,
 n_classes, seed) -> TrainEvalResult(accuracy, pool_probs)``. The default,
-:func:`logistic_train_eval`, is the cold-start procedure of a head on frozen
-embeddings: features standardised with the *pool's* statistics (no labels
-involved), then an L2-regularised multinomial logistic regression (sklearn,
-lbfgs) fitted on the labeled samples only. :func:`flywheel_head_train_eval`
-runs the Train button's own head procedure (``cloud.flywheel._train.train_head``)
-instead; both are in :data:`TRAINERS`.
+:func:`flywheel_head_train_eval`, is the Train button's own head procedure
+(``cloud.flywheel._train.train_head``: class-balanced L2 logistic regression on
+standardised frozen embeddings), so a simulation predicts what the Train button
+will do. :func:`logistic_train_eval` (sklearn, features standardised with the
+*pool's* statistics, no class weights) is the textbook alternative; both are in
+:data:`TRAINERS`.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def simulate(
     budgets: Sequence[int],
     strategies: Sequence[str],
     seeds: int | Sequence[int] = 3,
-    train_eval: TrainEval = logistic_train_eval,
+    train_eval: TrainEval = flywheel_head_train_eval,
     *,
     test_fraction: float = 0.2,
     split_seed: int = 0,
