@@ -9,7 +9,8 @@ Steps of :func:`mine_dataset` (all bad input is refused before any compute)::
     copy field hard cases of the model's algorithm into the dataset's
         ``field_hard`` pool (membership only: the Sample keeps its provenance)
     embed what has no embedding yet (incremental, with progress)
-    score the pool with the model's ONNX (batched, checkpointed)
+    score the pool with the model's ONNX (batched, checkpointed; on Ray
+        workers from ``ray_min_samples`` samples to score, like embedding)
     select with the strategy (a resumable MiningRun)
     open the annotation task + pre-labels + reasons + lineage (one transaction)
 
