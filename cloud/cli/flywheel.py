@@ -4,7 +4,8 @@
 --strategy auto --strategy random --seeds 3 --out result.json`` replays
 labeling on a folder the user brings (an oracle reveals the labels of what each
 strategy selects), writes ``result.json`` and a learning-curve PNG beside it and
-prints a table.
+prints a table. As the flywheel does, it pretrains SimCLR on the pool's images
+first and retrains the Train button's head every round.
 """
 
 from __future__ import annotations
@@ -117,13 +118,15 @@ def simulate(
     seeds: int = typer.Option(3, "--seeds", help="Repetitions per strategy."),
     out: Path = typer.Option(Path("result.json"), "--out", help="Where to write result.json."),
     extractor: str = typer.Option(
-        "hog-color-pca",
+        "simclr",
         "--extractor",
-        help="Features: hog-color-pca (fast, offline) or simclr (self-supervised "
-        "pretraining on the pool's own images, then its embeddings).",
+        help="Features: simclr (self-supervised pretraining on the pool's own images, "
+        "then its embeddings: what the flywheel does; ~10 min per 1,500 images at 30 "
+        "epochs on 2 CPU cores) or hog-color-pca (fast, offline, ranks strategies less "
+        "faithfully).",
     ),
     pretrain_epochs: int = typer.Option(
-        10, "--pretrain-epochs", help="SimCLR epochs on the pool (--extractor simclr)."
+        30, "--pretrain-epochs", help="SimCLR epochs on the pool (--extractor simclr)."
     ),
     trainer: str = typer.Option(
         "flywheel-head",
@@ -197,9 +200,13 @@ def simulate(
         f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); "
         f"pool {pool.size}, test {len(paths) - pool.size}"
     )
+    opts = {"epochs": pretrain_epochs} if extractor == "simclr" else {}
     with Progress(console=err, transient=True) as bar:
-        task = bar.add_task(f"features ({extractor})", total=len(paths))
-        feats = extract_features(extractor, paths, lambda i, n: bar.update(task, completed=i))
+        what = f"{pretrain_epochs} epochs of SimCLR on the pool" if opts else extractor
+        task = bar.add_task(f"features ({what})", total=len(paths))
+        feats = extract_features(
+            extractor, paths, lambda i, n: bar.update(task, completed=i, total=n), **opts
+        )
     result = run_simulation(
         feats,
         y,

@@ -133,6 +133,7 @@ def test_cli_simulate_writes_result_plot_and_table(monkeypatch, capsys, city, tm
         monkeypatch, capsys,
         "--images", str(images), "--labels", str(csv), "--budgets", "6,12",
         "--strategy", "auto", "--strategy", "random", "--seeds", "2", "--out", str(out),
+        "--extractor", "hog-color-pca",
     )  # fmt: skip
     assert code == 0, err
     res = json.loads(out.read_text())
@@ -163,7 +164,7 @@ def test_cli_simulate_on_the_real_vtest_crop_excerpt(monkeypatch, capsys, tmp_pa
         monkeypatch, capsys,
         "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
         "--budgets", "8,16,32", "--strategy", "auto", "--strategy", "random",
-        "--seeds", "2", "--out", str(out),
+        "--seeds", "2", "--out", str(out), "--extractor", "hog-color-pca",
     )  # fmt: skip
     assert code == 0, err
     assert "120 images, 4 classes" in err
@@ -176,15 +177,26 @@ def test_cli_simulate_on_the_real_vtest_crop_excerpt(monkeypatch, capsys, tmp_pa
 def test_cli_simulate_with_self_supervised_pretraining_on_the_pool(
     monkeypatch, capsys, city, tmp_path
 ):
+    from cloud.flywheel.mining import _features
+
+    seen: list[int] = []
+    real = _features.EXTRACTORS["simclr"]
+
+    def spy(paths, progress=None, **opts):  # the real pretraining, recording its epochs
+        seen.append(opts["epochs"])
+        return real(paths, progress, **opts)
+
+    monkeypatch.setitem(_features.EXTRACTORS, "simclr", spy)
     images, csv = city
     out = tmp_path / "ssl.json"
     code, stdout, err = _cli(
         monkeypatch, capsys,
         "--images", str(images), "--labels", str(csv), "--budgets", "6,12",
         "--strategy", "auto", "--seeds", "1", "--out", str(out),
-        "--extractor", "simclr", "--pretrain-epochs", "1",
+        "--pretrain-epochs", "2",
     )  # fmt: skip
     assert code == 0, err
+    assert seen == [2]  # SimCLR on the pool is the default, for the epochs asked
     res = json.loads(out.read_text())
     assert list(res["curves"]["auto"]) == ["6", "12"]
     assert out.with_suffix(".png").exists()

@@ -1,6 +1,6 @@
 """Offline image features for the harness (no network, no pretrained weights).
 
-``hog-color-pca`` (the default): every image is resized to 32×32; features are
+``hog-color-pca`` (fast): every image is resized to 32×32; features are
 a HOG descriptor of the grey image (:func:`hog32`, 8×8 cells, 9 bins, 2×2
 blocks: 324 values) and
 the 8×8 downsampled colour image (192 values); the concatenation is
@@ -9,10 +9,13 @@ PCA is fitted on the unlabeled images only — no label is used — so it plays
 the role of the self-supervised backbone of issue 5 until that backbone
 plugs in here (:data:`EXTRACTORS`).
 
-``simclr``: issue 5's self-supervised SimCLR pretraining run on the pool's own
-images (64×64, CPU) for a few epochs, then its encoder's 256-d embeddings —
-"self-supervised pretraining on the pool is part of the run". Slower (minutes
-for thousands of images on 2 cores).
+``simclr`` (``citybrain flywheel simulate``'s default): issue 5's
+self-supervised SimCLR pretraining run on the pool's own images (64×64, CPU),
+then its encoder's 256-d embeddings — "self-supervised pretraining on the pool
+is part of the run". Slower (≈ 10 min for 1,500 images at 30 epochs on 2
+cores), but it ranks strategies as the flywheel will see them: on the vtest
+crops hog features put ``auto`` below random at 10–20 labels, SimCLR features
+do not (BENCHMARKS.md).
 """
 
 from __future__ import annotations
