@@ -29,27 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cloud.flywheel.mining import TRAINERS, curve_summary, extract_features, simulate
+from cloud.flywheel.mining import TRAINERS, curve_summary, simulate
 from cloud.flywheel.mining._harness import TrainEvalResult
-from cloud.flywheel.mining._synthetic import make_city_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mining_label_efficiency import load_set  # noqa: E402
+from mining_label_efficiency import city_set, load_set  # noqa: E402
 
 BUDGETS = [10, 20, 40, 80, 160, 320]
 
 
 def dev_set(imbalanced: bool) -> tuple[np.ndarray, np.ndarray]:
-    with tempfile.TemporaryDirectory(prefix="dev_") as tmp:
-        csv = make_city_set(tmp, n_per_class=300, n_rare=15, seed=1)
-        rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
-        x = extract_features("hog-color-pca", [f"{tmp}/images/{r[0]}" for r in rows])
-    y = np.asarray([r[1] for r in rows])
+    x, y = city_set(seed=1)
     if imbalanced:
         rng = np.random.default_rng(0)
         keep = np.ones(y.size, dtype=bool)

@@ -55,6 +55,24 @@ from cloud.flywheel.mining._synthetic import RARE_CLASS, make_city_set
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # mining_vtest_set
 
 
+def _read_set(csv: Path, extractor: str, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of a ``path,label`` CSV whose images are in ``images/`` beside it."""
+    rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
+    paths = [str(csv.parent / "images" / r[0]) for r in rows]
+    opts = {"epochs": epochs} if extractor == "simclr" else {}
+    return extract_features(extractor, paths, **opts), np.asarray([r[1] for r in rows])
+
+
+def city_set(
+    seed: int = 0, extractor: str = "hog-color-pca", epochs: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic city set: 5 common classes × 300 and 15 ``fire``, drawn with ``seed``."""
+    with tempfile.TemporaryDirectory(prefix="city_") as tmp:
+        return _read_set(
+            make_city_set(tmp, n_per_class=300, n_rare=15, seed=seed), extractor, epochs
+        )
+
+
 def load_set(
     name: str, extractor: str = "hog-color-pca", epochs: int = 10
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -72,23 +90,12 @@ def load_set(
                 cv2.imwrite(p, np.clip(img.reshape(8, 8) * 16, 0, 255).astype(np.uint8))
             return extract_features("simclr", paths, epochs=epochs), y, None
     if name == "city":
-        with tempfile.TemporaryDirectory(prefix="city_") as tmp:
-            csv = make_city_set(tmp, n_per_class=300, n_rare=15, seed=0)
-            rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
-            paths = [f"{tmp}/images/{r[0]}" for r in rows]
-            opts = {"epochs": epochs} if extractor == "simclr" else {}
-            x = extract_features(extractor, paths, **opts)
-        return x, np.asarray([r[1] for r in rows]), RARE_CLASS
+        return *city_set(0, extractor, epochs), RARE_CLASS
     if name == "vtest":
         from mining_vtest_set import make_vtest_set
 
         with tempfile.TemporaryDirectory(prefix="vtest_") as tmp:
-            csv = make_vtest_set(tmp)
-            rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:]]
-            paths = [f"{tmp}/images/{r[0]}" for r in rows]
-            opts = {"epochs": epochs} if extractor == "simclr" else {}
-            x = extract_features(extractor, paths, **opts)
-        return x, np.asarray([r[1] for r in rows]), "group"
+            return *_read_set(make_vtest_set(tmp), extractor, epochs), "group"
     raise SystemExit(f"unknown set {name}")
 
 

@@ -58,7 +58,7 @@ from cloud.catalog.models import (
     TaskStatus,
 )
 from cloud.errors import NotFound
-from cloud.flywheel._ray import Executor, choose_executor, fan_out, model_payload
+from cloud.flywheel._ray import choose_executor, fan_out, model_payload
 from cloud.flywheel.mining import (
     BudgetExceedsPool,
     MiningInputError,
@@ -409,7 +409,6 @@ def _score_pool(
     *,
     progress: Progress,
     check: Callable[[], None] | None,
-    executor: Executor = "auto",
 ) -> np.ndarray:
     """Class probabilities of ``ids`` by the model's ONNX into
     ``workdir/probs.f32``, one flag per batch in ``workdir/scored.u8``.
@@ -448,9 +447,10 @@ def _score_pool(
         done.flush()
         progress((k + 1) / len(todo), f"scored {e}/{n} with {tag}{where}")
 
-    where, why = choose_executor(sum(e - s for s, e in spans), catalog.settings, executor)
+    n_todo = sum(e - s for s, e in spans)
+    where, why = choose_executor(n_todo, catalog.settings)
     if spans:
-        progress(0.0, f"scoring {sum(e - s for s, e in spans)} samples with {tag}: {why}")
+        progress(0.0, f"scoring {n_todo} samples with {tag}: {why}")
     if where == "local":
         for k, (s, e) in enumerate(spans):
             if check:
